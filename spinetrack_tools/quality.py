@@ -1,0 +1,480 @@
+"""Detectors of corrupted keypoint labels (``spinetrack flag``), vectorised over annotations.
+
+Geometry is normalised by a per-person body scale: each rigid segment's 2D length divided by its
+reference length (fraction of stature, from the kinematic model's rest pose). Foreshortening only
+shortens, so a high order statistic of these ratios estimates stature in pixels and is robust to one
+corrupted limb. Where a fixed threshold would not do, thresholds adapt to the file (median + k * MAD of
+the feature over the file, never below a floor set on plausible synthetic poses, including lying and
+inverted people).
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterator
+
+import numpy as np
+
+from .coco import CocoKeypoints
+from .evaluate import oks
+from .findings import Finding, Report, findings_from_mask
+from .skeleton import Skeleton
+
+# Segments used for the body scale and the limb-scale check: (name, from, to). "mid_*" are midpoints.
+_SEGMENTS = (
+    ("shoulder_width", "left_shoulder", "right_shoulder"),
+    ("hip_width", "left_hip", "right_hip"),
+    ("torso", "mid_shoulder", "mid_hip"),
+    ("left_upper_arm", "left_shoulder", "left_elbow"),
+    ("right_upper_arm", "right_shoulder", "right_elbow"),
+    ("left_forearm", "left_elbow", "left_wrist"),
+    ("right_forearm", "right_elbow", "right_wrist"),
+    ("left_thigh", "left_hip", "left_knee"),
+    ("right_thigh", "right_hip", "right_knee"),
+    ("left_shank", "left_knee", "left_ankle"),
+    ("right_shank", "right_knee", "right_ankle"),
+    ("spine", "hip", "neck"),
+    ("head", "neck", "head"),
+)
+_LIMB_SEGMENTS = {  # segment -> the limb it belongs to (limb_scale reports per limb)
+    "left_upper_arm": "left_arm", "left_forearm": "left_arm", "right_upper_arm": "right_arm",
+    "right_forearm": "right_arm", "left_thigh": "left_leg", "left_shank": "left_leg",
+    "right_thigh": "right_leg", "right_shank": "right_leg",
+}
+# Parent/child pairs for the crossing test of left/right swaps; True where crossing is a natural pose
+# (crossed forearms, crossed ankles), which then needs stronger evidence.
+_CROSSINGS = (("shoulder", "elbow", False), ("elbow", "wrist", True), ("hip", "knee", False),
+              ("knee", "ankle", True))
+# Left/right pairs on the rigid torso whose left-right orientation must agree.
+_TORSO_PAIRS = ("shoulder", "hip", "clavicle", "latissimus")
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence numpy's warnings about all-NaN rows (absent keypoints are expected)."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Floors of the adaptive thresholds (normalised units), set on plausible synthetic poses."""
+
+    outside_image_error: float = 0.10  # fraction of the image size
+    outside_box_warning: float = 0.05  # fraction of the box size
+    outside_box_error: float = 0.25
+    collapse_radius: float = 0.01  # fraction of the box diagonal
+    collapse_min_points: int = 5
+    collapse_min_fraction: float = 0.4
+    duplicate_oks: float = 0.95
+    spine_order_step: float = -0.12  # fraction of the chain's chord
+    spine_min_chord: float = 0.25  # chord / torso below which the view is too foreshortened to judge order
+    spine_detached: float = 0.45  # torso lengths from the hip-shoulder midline
+    crossing_ratio: float = 0.85  # swapped cost / current cost
+    crossing_gain: float = 0.2  # torso lengths saved by swapping
+    crossing_ratio_natural: float = 0.5  # the same where crossing is a natural pose
+    crossing_gain_natural: float = 0.5
+    chirality: float = 0.25  # |signed width| / torso for both pairs of a disagreement
+    limb_scale: float = 1.7  # segment length / (reference x body scale)
+    skeleton_scale_high: float = 1.5  # keypoint extent / box extent
+    skeleton_scale_low: float = 0.45
+    noise: float = 0.12  # median second difference along the spine chain, torso lengths
+    mad_k: float = 8.0  # adaptive part: median + k * MAD over the file
+
+
+@lru_cache(maxsize=1)
+def reference_lengths() -> dict[str, float]:
+    """Rest-pose segment lengths (fraction of stature) from the built-in kinematic model."""
+    from .synth import default_model
+
+    model = default_model()
+    pts = {n: p for n, p in zip(model.marker_names, model.markers)}
+    pts["mid_shoulder"] = (pts["left_shoulder"] + pts["right_shoulder"]) / 2
+    pts["mid_hip"] = (pts["left_hip"] + pts["right_hip"]) / 2
+    return {name: float(np.linalg.norm(pts[a][:2] - pts[b][:2])) for name, a, b in _SEGMENTS}
+
+
+class _Geometry:
+    """Per-annotation quantities shared by the detectors."""
+
+    def __init__(self, ds: CocoKeypoints):
+        self.ds = ds
+        sk = ds.skeleton
+        kp = ds.keypoints
+        self.xy = kp[..., :2]
+        self.lab = (kp[..., 2] > 0) & np.isfinite(kp).all(axis=2)
+        self.zero = self.lab & (self.xy == 0).all(axis=2)
+        self.usable = self.lab & ~self.zero  # labelled points with real coordinates
+        self.n_usable = self.usable.sum(axis=1)
+        self.sk = sk
+        self.seg_len, self.seg_ok = {}, {}
+        for name, a, b in _SEGMENTS:
+            pa, oa = self.point(a)
+            pb, ob = self.point(b)
+            if oa is None or ob is None:
+                continue
+            self.seg_len[name] = np.linalg.norm(pa - pb, axis=1)
+            self.seg_ok[name] = oa & ob
+        ref = reference_lengths()
+        ratios = np.stack([np.where(self.seg_ok[s], self.seg_len[s] / ref[s], np.nan) for s in self.seg_len], 1) \
+            if self.seg_len else np.full((len(ds), 1), np.nan)
+        # third largest ratio (or the largest when fewer are available): stature in pixels
+        srt = -np.sort(-np.nan_to_num(ratios, nan=-np.inf), axis=1)
+        avail = np.isfinite(ratios).sum(axis=1)
+        pick = np.clip(np.minimum(avail, 3) - 1, 0, None)
+        stature = np.where(avail > 0, srt[np.arange(len(ds)), pick], np.nan)
+        box = ds.boxes
+        box_stature = np.maximum(box[:, 2], box[:, 3])
+        self.stature = np.where(np.isfinite(stature) & (stature > 0), stature, box_stature)
+        self.torso = 0.3 * self.stature
+        self.box_diag = np.hypot(box[:, 2], box[:, 3])
+
+    def point(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """[N, 2] coordinates of a keypoint or midpoint and its usable mask (None if the layout lacks it)."""
+        if name.startswith("mid_"):
+            part = name[4:]
+            (a, oa), (b, ob) = self.point(f"left_{part}"), self.point(f"right_{part}")
+            if oa is None or ob is None:
+                return np.zeros((len(self.ds), 2)), None
+            return (a + b) / 2, oa & ob
+        if name not in self.sk.names:
+            return np.zeros((len(self.ds), 2)), None
+        i = self.sk.index(name)
+        return self.xy[:, i], self.usable[:, i]
+
+
+def adaptive(values: np.ndarray, floor: float, k: float, higher_is_worse: bool = True) -> float:
+    """Threshold = the file's median + k * MAD of ``values`` (finite ones), never laxer... never stricter than ``floor``."""
+    v = values[np.isfinite(values)]
+    if len(v) < 20:
+        return floor
+    med = float(np.median(v))
+    mad = float(np.median(np.abs(v - med))) * 1.4826
+    t = med + k * mad if higher_is_worse else med - k * mad
+    return max(t, floor) if higher_is_worse else min(t, floor)
+
+
+def flag(ds: CocoKeypoints, thresholds: Thresholds = Thresholds()) -> Report:
+    """Run every detector on a loaded file and return one report."""
+    g = _Geometry(ds)
+    report = Report(ds.source, stats={"images": len(ds.images), "annotations": len(ds)})
+    for det in DETECTORS:
+        report.extend(det(g, thresholds))
+    return report
+
+
+def _names(g: _Geometry, mask_row: np.ndarray) -> list[str]:
+    return [g.sk.names[j] for j in np.flatnonzero(mask_row)]
+
+
+def _per_point(check: str, severity: str, g: _Geometry, mask: np.ndarray, what: str,
+               score: np.ndarray | None = None) -> list[Finding]:
+    rows = mask.any(axis=1)
+    if not rows.any():
+        return []
+    kps = [_names(g, m) if r else [] for m, r in zip(mask, rows)]
+    return findings_from_mask(check, severity, rows, g.ds.ann_ids, g.ds.image_ids,
+                              lambda r: f"{what}: {', '.join(kps[r][:6])}{' ...' if len(kps[r]) > 6 else ''}",
+                              scores=score if score is not None else mask.sum(1) / mask.shape[1], keypoints=kps)
+
+
+def zero_visible(g: _Geometry, t: Thresholds) -> list[Finding]:
+    return _per_point("zero_visible", "error", g, g.zero, "labelled keypoints at (0, 0)")
+
+
+def outside(g: _Geometry, t: Thresholds) -> list[Finding]:
+    """Labelled points far outside the image, or outside their own box."""
+    w, h = g.ds.image_size()
+    x, y = g.xy[..., 0], g.xy[..., 1]
+    with np.errstate(invalid="ignore"):
+        dx = np.maximum(np.maximum(-x, x - w[:, None]), 0) / w[:, None]
+        dy = np.maximum(np.maximum(-y, y - h[:, None]), 0) / h[:, None]
+        img_out = np.maximum(dx, dy)
+        far = g.usable & (img_out > t.outside_image_error)
+        near = g.usable & ~far & (img_out > 0.002)
+        b = g.ds.boxes
+        bx = np.maximum(np.maximum(b[:, None, 0] - x, x - (b[:, None, 0] + b[:, None, 2])), 0) / b[:, None, 2]
+        by = np.maximum(np.maximum(b[:, None, 1] - y, y - (b[:, None, 1] + b[:, None, 3])), 0) / b[:, None, 3]
+        box_out = np.where(g.usable & ~far, np.maximum(bx, by), 0)
+    out = _per_point("outside_image", "error", g, far, "labelled keypoints far outside the image",
+                     score=np.nanmax(np.where(far, img_out, 0), axis=1))
+    out += _per_point("outside_image", "warning", g, near, "labelled keypoints just outside the image",
+                      score=np.nanmax(np.where(near, img_out, 0), axis=1))
+    box_err = box_out > t.outside_box_error
+    box_warn = (box_out > t.outside_box_warning) & ~box_err
+    out += _per_point("outside_box", "error", g, box_err, "labelled keypoints far outside their box",
+                      score=box_out.max(axis=1))
+    out += _per_point("outside_box", "warning", g, box_warn & ~box_err.any(1, keepdims=True),
+                      "labelled keypoints outside their box", score=box_out.max(axis=1))
+    return out
+
+
+def collapsed(g: _Geometry, t: Thresholds, chunk: int = 4096) -> list[Finding]:
+    """Many distinct joints labelled on one spot."""
+    n = len(g.ds)
+    biggest = np.zeros(n, dtype=np.int64)
+    members = np.zeros(g.usable.shape, dtype=bool)
+    eps = t.collapse_radius * g.box_diag + 0.5
+    for s in range(0, n, chunk):
+        sl = slice(s, s + chunk)
+        xy, ok = g.xy[sl], g.usable[sl]
+        d = np.linalg.norm(xy[:, :, None] - xy[:, None], axis=3)
+        near = (d <= eps[sl, None, None]) & ok[:, :, None] & ok[:, None, :]
+        cnt = near.sum(axis=2)
+        biggest[sl] = cnt.max(axis=1)
+        centre = cnt.argmax(axis=1)
+        members[sl] = near[np.arange(len(cnt)), centre]
+    bad = (biggest >= t.collapse_min_points) & (biggest >= t.collapse_min_fraction * g.n_usable)
+    return _per_point("collapsed", "error", g, members & bad[:, None], "keypoints collapsed onto one spot",
+                      score=biggest / np.maximum(g.n_usable, 1))
+
+
+def duplicates(g: _Geometry, t: Thresholds) -> list[Finding]:
+    """Two annotations of one person in the same image (OKS above the threshold)."""
+    ds = g.ds
+    order = np.argsort(ds.image_ids, kind="stable")
+    img = ds.image_ids[order]
+    out = []
+    flagged = np.zeros(len(ds), dtype=bool)
+    partner = np.full(len(ds), -1)
+    best = np.zeros(len(ds))
+    area = np.where(np.isfinite(ds.areas) & (ds.areas > 0), ds.areas, ds.boxes[:, 2] * ds.boxes[:, 3])
+    kp = np.where(g.lab[..., None], ds.keypoints, 0.0)
+    for d in range(1, len(ds)):
+        same = img[d:] == img[:-d]
+        if not same.any():
+            break
+        a, b = order[:-d][same], order[d:][same]  # a before b in file order within an image
+        first, second = np.minimum(a, b), np.maximum(a, b)
+        sim = np.fmin(oks(kp[first], kp[second], area[first], ds.skeleton.sigmas),
+                      oks(kp[second], kp[first], area[second], ds.skeleton.sigmas))
+        hit = sim > t.duplicate_oks
+        for f, s, v in zip(first[hit], second[hit], sim[hit]):
+            if v > best[s]:
+                flagged[s], partner[s], best[s] = True, f, v
+    out += findings_from_mask("duplicate", "error", flagged, ds.ann_ids, ds.image_ids,
+                              lambda r: f"duplicate of annotation {ds.ann_ids[partner[r]]} (OKS {best[r]:.3f})",
+                              scores=best, values={"duplicate_of": np.where(partner >= 0, ds.ann_ids[partner], -1)})
+    return out
+
+
+def spine(g: _Geometry, t: Thresholds) -> list[Finding]:
+    """Spine chain out of order along its chord, or detached from the hip-shoulder midline."""
+    chain = g.sk.spine_chain
+    if len(chain) < 4:
+        return []
+    xy = g.xy[:, chain]
+    ok = g.usable[:, chain]
+    n = len(g.ds)
+    # order: project the labelled chain points on the chord from the first to the last labelled point
+    first = ok.argmax(axis=1)
+    last = ok.shape[1] - 1 - ok[:, ::-1].argmax(axis=1)
+    rows = np.arange(n)
+    chord = xy[rows, last] - xy[rows, first]
+    chord_len = np.linalg.norm(chord, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        u = chord / chord_len[:, None]
+        tpos = np.einsum("nkd,nd->nk", xy - xy[rows, first][:, None], u) / chord_len[:, None]
+    tpos = np.where(ok, tpos, np.nan)
+    steps = _valid_steps(tpos)
+    min_step = np.nanmin(np.where(np.isfinite(steps), steps, np.inf), axis=1)
+    judge = (ok.sum(1) >= 4) & (chord_len > t.spine_min_chord * g.torso)
+    order_bad = judge & (min_step < t.spine_order_step)
+    names = [g.sk.names[i] for i in chain]
+    worst = np.nanargmin(np.where(np.isfinite(steps), steps, np.inf), axis=1)
+    out = findings_from_mask(
+        "spine_order", "error", order_bad, g.ds.ann_ids, g.ds.image_ids,
+        lambda r: f"spine chain out of order around {names[worst[r]]} (step {min_step[r]:+.2f} of the chord)",
+        scores=np.clip(-min_step, 0, None), keypoints=[names] * n)
+
+    # detachment: the chain's ends (sacrum, C7) away from the mid-hip / mid-shoulder points, or its
+    # points away from the mid-hip -> mid-shoulder segment, in torso lengths
+    mh, oh = g.point("mid_hip")
+    ms, os_ = g.point("mid_shoulder")
+    if oh is None or os_ is None or not g.sk.has("hip", "neck"):
+        return out
+    with _quiet():
+        dist = np.where(ok, _point_segment_distance(xy, mh, ms) / g.torso[:, None], np.nan)
+        along = np.nanmedian(np.where(ok.sum(1, keepdims=True) >= 3, dist, np.nan), axis=1)
+        hip_d = np.where(g.usable[:, g.sk.index("hip")], np.linalg.norm(g.point("hip")[0] - mh, axis=1), np.nan)
+        neck_d = np.where(g.usable[:, g.sk.index("neck")], np.linalg.norm(g.point("neck")[0] - ms, axis=1), np.nan)
+        ends = np.nanmean(np.stack([hip_d, neck_d], 1), axis=1) / g.torso
+        detach = np.fmax(along, ends)
+    torso_ok = oh & os_ & (np.linalg.norm(ms - mh, axis=1) > 0.3 * g.torso)
+    thr = adaptive(np.where(torso_ok, detach, np.nan), t.spine_detached, t.mad_k)
+    detached = torso_ok & (detach > thr)
+    out += findings_from_mask(
+        "spine_detached", "error", detached, g.ds.ann_ids, g.ds.image_ids,
+        lambda r: f"spine chain {detach[r]:.2f} torso lengths away from the hip-shoulder line (limit {thr:.2f})",
+        scores=detach, keypoints=[names] * n)
+    return out
+
+
+def _valid_steps(tpos: np.ndarray) -> np.ndarray:
+    """Differences between consecutive labelled entries of each row (NaN-separated points skipped)."""
+    n, k = tpos.shape
+    filled = tpos.copy()
+    steps = np.full((n, k - 1), np.nan)
+    prev = np.full(n, np.nan)
+    for j in range(k):
+        cur = filled[:, j]
+        if j:
+            steps[:, j - 1] = np.where(np.isfinite(cur) & np.isfinite(prev), cur - prev, np.nan)
+        prev = np.where(np.isfinite(cur), cur, prev)
+    return steps
+
+
+def _point_segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance of points p [N, K, 2] from segments a->b ([N, 2] each)."""
+    ab = (b - a)[:, None]
+    ap = p - a[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.clip((ap * ab).sum(-1) / (ab * ab).sum(-1), 0, 1)
+    return np.linalg.norm(ap - s[..., None] * ab, axis=-1)
+
+
+def lr_swaps(g: _Geometry, t: Thresholds) -> list[Finding]:
+    """Left/right swaps: limbs whose swapped labelling is much shorter (crossing test), and torso pairs
+    whose left-right orientation disagrees with the rest of the torso."""
+    out: list[Finding] = []
+    n = len(g.ds)
+    hits = np.zeros(n, dtype=bool)
+    detail: list[list[str]] = [[] for _ in range(n)]
+    score = np.zeros(n)
+    for parent, child, natural in _CROSSINGS:
+        ratio, gain = (t.crossing_ratio_natural, t.crossing_gain_natural) if natural else \
+            (t.crossing_ratio, t.crossing_gain)
+        (pl, opl), (pr, opr) = g.point(f"left_{parent}"), g.point(f"right_{parent}")
+        (cl, ocl), (cr, ocr) = g.point(f"left_{child}"), g.point(f"right_{child}")
+        if any(o is None for o in (opl, opr, ocl, ocr)):
+            continue
+        ok = opl & opr & ocl & ocr
+        cur = np.linalg.norm(pl - cl, axis=1) + np.linalg.norm(pr - cr, axis=1)
+        swp = np.linalg.norm(pl - cr, axis=1) + np.linalg.norm(pr - cl, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bad = ok & (swp < ratio * cur) & ((cur - swp) > gain * g.torso)
+        for r in np.flatnonzero(bad):
+            detail[r].append(f"{child}s")
+        hits |= bad
+        score = np.maximum(score, np.where(bad, 1 - swp / np.maximum(cur, 1e-9), 0))
+    # torso orientation: signed width of each left/right pair across the hip->shoulder axis
+    mh, oh = g.point("mid_hip")
+    ms, os_ = g.point("mid_shoulder")
+    if oh is not None and os_ is not None:
+        axis = ms - mh
+        axis_len = np.linalg.norm(axis, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            up = axis / axis_len[:, None]
+        signed = {}
+        for part in _TORSO_PAIRS:
+            (l, ol), (r_, or_) = g.point(f"left_{part}"), g.point(f"right_{part}")
+            if ol is None or or_ is None:
+                continue
+            d = l - r_
+            s = (up[:, 0] * d[:, 1] - up[:, 1] * d[:, 0]) / g.torso
+            signed[part] = np.where(ol & or_ & oh & os_ & (axis_len > 0.3 * g.torso), s, np.nan)
+        if len(signed) >= 2:
+            mat = np.stack(list(signed.values()), 1)
+            strong = np.abs(mat) > t.chirality
+            votes = np.where(strong, np.sign(mat), 0)
+            for j, part in enumerate(signed):
+                others = np.delete(votes, j, axis=1)
+                agree_other = (others.sum(1) != 0) & (np.abs(others.sum(1)) == np.abs(others).sum(1))
+                bad = strong[:, j] & agree_other & (votes[:, j] == -np.sign(others.sum(1)))
+                for r in np.flatnonzero(bad):
+                    detail[r].append(f"{part}s")
+                hits |= bad
+                score = np.maximum(score, np.where(bad, np.abs(np.nan_to_num(mat[:, j])), 0))
+    out += findings_from_mask("lr_swap", "error", hits, g.ds.ann_ids, g.ds.image_ids,
+                              lambda r: f"left/right swapped: {', '.join(detail[r])}", scores=score,
+                              keypoints=[[f"{s}_{p[:-1]}" for p in detail[r] for s in ("left", "right")]
+                                         for r in range(n)])
+    return out
+
+
+def scale(g: _Geometry, t: Thresholds) -> list[Finding]:
+    """Limbs too long for the body, and skeletons at a scale that does not fit their box."""
+    ref = reference_lengths()
+    limb_ratio: dict[str, np.ndarray] = {}
+    for seg, limb in _LIMB_SEGMENTS.items():
+        if seg not in g.seg_len:
+            continue
+        r = np.where(g.seg_ok[seg], g.seg_len[seg] / (ref[seg] * g.stature), np.nan)
+        limb_ratio[limb] = np.fmax(limb_ratio.get(limb, np.full(len(g.ds), np.nan)), r)
+    out: list[Finding] = []
+    if limb_ratio:
+        names = list(limb_ratio)
+        mat = np.stack([limb_ratio[k] for k in names], 1)
+        thr = adaptive(mat.ravel(), t.limb_scale, t.mad_k)
+        bad = mat > thr
+        rows = bad.any(1)
+        worst = np.nanargmax(np.where(np.isfinite(mat), mat, -np.inf), axis=1)
+        out += findings_from_mask(
+            "limb_scale", "error", rows, g.ds.ann_ids, g.ds.image_ids,
+            lambda r: f"{names[worst[r]].replace('_', ' ')} is {mat[r, worst[r]]:.1f}x the length the rest of "
+                      f"the body allows (limit {thr:.2f})",
+            scores=np.nanmax(np.where(np.isfinite(mat), mat, 0), axis=1))
+    # keypoint extent versus box extent
+    xy = np.where(g.usable[..., None], g.xy, np.nan)
+    with _quiet():
+        ext = np.nanmax(xy, axis=1) - np.nanmin(xy, axis=1)
+        box = g.ds.boxes[:, 2:]
+        r = np.nanmax(ext / box, axis=1)
+    enough = g.n_usable >= 8
+    hi = adaptive(np.where(enough, r, np.nan), t.skeleton_scale_high, t.mad_k)
+    big = enough & (r > hi)
+    small = enough & (r < t.skeleton_scale_low)
+    out += findings_from_mask("skeleton_scale", "error", big | small, g.ds.ann_ids, g.ds.image_ids,
+                              lambda r_: f"keypoints span {r[r_]:.2f}x their box", scores=r)
+    return out
+
+
+def noise(g: _Geometry, t: Thresholds) -> list[Finding]:
+    """Heavy noise: a jagged spine chain (median second difference along the chain, in torso lengths).
+
+    The chain is the densest run of points in the layout, and real spines are smooth at that spacing.
+    """
+    chain = g.sk.spine_chain
+    if len(chain) < 5:
+        return []
+    xy, ok = g.xy[:, chain], g.usable[:, chain]
+    sd = np.linalg.norm(xy[:, 2:] - 2 * xy[:, 1:-1] + xy[:, :-2], axis=2)
+    okd = ok[:, 2:] & ok[:, 1:-1] & ok[:, :-2]
+    with _quiet():
+        rough = np.where(okd.sum(1) >= 3, np.nanmedian(np.where(okd, sd, np.nan), axis=1) / g.torso, np.nan)
+    thr = adaptive(rough, t.noise, t.mad_k)
+    bad = rough > thr
+    return findings_from_mask("noise", "error", bad, g.ds.ann_ids, g.ds.image_ids,
+                              lambda r: f"spine chain jagged beyond plausible (roughness {rough[r]:.2f} torso "
+                                        f"lengths, limit {thr:.2f})", scores=rough,
+                              keypoints=[[g.sk.names[i] for i in chain]] * len(g.ds))
+
+
+DETECTORS = (zero_visible, outside, collapsed, duplicates, spine, lr_swaps, scale, noise)
+
+
+def detection_scores(report: Report, truth: list[dict], ann_ids: np.ndarray) -> dict[str, dict[str, float]]:
+    """Recall per corruption kind and overall precision of error findings against injected truth.
+
+    An annotation counts as detected when any error finding names it (whatever the check).
+    """
+    flagged = report.flagged_annotation_ids("error")
+    corrupted = {t["annotation_id"]: t["kind"] for t in truth}
+    out: dict[str, dict[str, float]] = {}
+    for kind in sorted(set(corrupted.values())):
+        ids = [a for a, k in corrupted.items() if k == kind]
+        out[kind] = {"n": len(ids), "recall": sum(a in flagged for a in ids) / len(ids)}
+    clean = [int(a) for a in ann_ids if int(a) not in corrupted]
+    fp = sum(a in flagged for a in clean)
+    tp = sum(a in flagged for a in corrupted)
+    out["all"] = {
+        "n": len(corrupted),
+        "recall": tp / max(len(corrupted), 1),
+        "precision": tp / max(tp + fp, 1),
+        "false_positive_rate": fp / max(len(clean), 1),
+    }
+    return out

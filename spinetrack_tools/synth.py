@@ -1,0 +1,469 @@
+"""Synthetic SpineTrack-like keypoint data with known truth.
+
+A kinematic tree (``KinematicModel``: rigid bodies, joints with ranges of motion, one marker per
+SpineTrack keypoint) is posed inside its joint limits, placed in a posture (standing, sitting, bending,
+lying, inverted), seen through a random perspective camera and written as COCO keypoints. The built-in
+model uses literature proportions and ranges (``opensim-biomech.md`` §4); the OpenSim model of a later
+issue plugs into the same ``KinematicModel`` so there is one generator.
+
+``corrupt`` injects the label corruptions a broken exporter or a careless annotator makes and returns
+which annotation got which, so ``flag`` can be scored for precision and recall.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .coco import empty_coco, from_dict
+from .skeleton import SPINETRACK37, Skeleton
+
+POSTURES = ("standing", "sitting", "bending", "lying", "inverted")
+
+
+@dataclass(frozen=True)
+class KinematicModel:
+    """Rigid bodies in a tree, each rotating about its joint with Euler angles (flex x, lateral z, axial y).
+
+    Rest frame: x = the person's left, y = up, z = forward; lengths as fractions of stature.
+    """
+
+    body_names: tuple[str, ...]
+    parents: np.ndarray  # [B] parent body index, -1 for the root (pelvis)
+    joints: np.ndarray  # [B, 3] joint centre in the rest pose
+    ranges: np.ndarray  # [B, 3, 2] radians: rotation about x, z, y
+    marker_names: tuple[str, ...]
+    marker_body: np.ndarray  # [M] body each marker is fixed to
+    markers: np.ndarray  # [M, 3] marker position in the rest pose
+    normals: np.ndarray  # [M, 3] outward surface direction used for self-occlusion (0 = always seen)
+
+    def body(self, name: str) -> int:
+        return self.body_names.index(name)
+
+
+def _mirror(v: Sequence[float]) -> tuple[float, float, float]:
+    return (-v[0], v[1], v[2])
+
+
+def default_model() -> KinematicModel:
+    """The built-in 19-body model (literature proportions, ranges in degrees from opensim-biomech.md §4)."""
+    # name, parent, joint centre, ranges (flex about x, lateral about z, axial about y) in degrees
+    left_bodies = {
+        "upper_arm": ("thorax_upper", (0.115, 0.815, -0.01), ((-170, 50), (-20, 170), (-60, 90))),
+        "forearm": ("upper_arm", (0.125, 0.63, -0.01), ((-145, 0), (-5, 5), (0, 0))),
+        "thigh": ("pelvis", (0.085, 0.50, 0.0), ((-120, 20), (-20, 45), (-30, 40))),
+        "shank": ("thigh", (0.09, 0.285, 0.01), ((0, 140), (-3, 3), (-5, 5))),
+        "foot": ("shank", (0.09, 0.045, -0.01), ((-20, 45), (-15, 15), (-10, 10))),
+    }
+    lumbar = ((-9, 20), (-8, 8), (-5, 5))
+    thoracic = ((-5, 10), (-10, 10), (-15, 15))
+    bodies: list[tuple[str, str | None, tuple, tuple]] = [
+        ("pelvis", None, (0.0, 0.50, 0.0), ((0, 0), (0, 0), (0, 0))),
+        ("lumbar5", "pelvis", (0.0, 0.545, -0.03), lumbar),
+        ("lumbar3", "lumbar5", (0.0, 0.575, -0.03), lumbar),
+        ("lumbar1", "lumbar3", (0.0, 0.615, -0.03), lumbar),
+        ("thorax_lower", "lumbar1", (0.0, 0.665, -0.03), thoracic),
+        ("thorax_upper", "thorax_lower", (0.0, 0.735, -0.03), thoracic),
+        ("neck_lower", "thorax_upper", (0.0, 0.835, -0.03), ((-25, 25), (-17, 17), (-14, 14))),
+        ("neck_upper", "neck_lower", (0.0, 0.875, -0.02), ((-20, 20), (-17, 17), (-14, 14))),
+        ("head", "neck_upper", (0.0, 0.91, -0.01), ((-20, 20), (-6, 6), (-38, 38))),
+    ]
+    for side, sign in (("left", 1), ("right", -1)):
+        for name, (parent, joint, rom) in left_bodies.items():
+            parent_name = parent if parent in ("thorax_upper", "pelvis") else f"{side}_{parent}"
+            j = joint if sign > 0 else _mirror(joint)
+            # mirroring across the sagittal plane negates rotations about z and y
+            r = rom if sign > 0 else (rom[0], (-rom[1][1], -rom[1][0]), (-rom[2][1], -rom[2][0]))
+            bodies.append((f"{side}_{name}", parent_name, j, r))
+
+    # marker: (body, rest position of the left/centre version, normal)
+    back, front, lat = (0, 0, -1), (0, 0, 1), (1, 0, 0)
+    centre = {
+        "hip": ("pelvis", (0.0, 0.53, -0.05), back),
+        "spine_01": ("lumbar5", (0.0, 0.575, -0.06), back),
+        "spine_02": ("lumbar3", (0.0, 0.615, -0.065), back),
+        "spine_03": ("lumbar1", (0.0, 0.665, -0.065), back),
+        "spine_04": ("thorax_lower", (0.0, 0.735, -0.07), back),
+        "spine_05": ("thorax_upper", (0.0, 0.80, -0.06), back),
+        "neck": ("thorax_upper", (0.0, 0.835, -0.04), (0, 0, 0)),
+        "neck_02": ("neck_lower", (0.0, 0.875, -0.025), back),
+        "neck_03": ("neck_upper", (0.0, 0.91, -0.01), back),
+        "head": ("head", (0.0, 1.0, 0.0), (0, 0, 0)),
+        "nose": ("head", (0.0, 0.935, 0.095), front),
+    }
+    paired = {
+        "eye": ("head", None, (0.032, 0.95, 0.075), front),
+        "ear": ("head", None, (0.07, 0.935, 0.0), lat),
+        "shoulder": ("thorax_upper", None, (0.115, 0.815, -0.01), lat),
+        "clavicle": ("thorax_upper", None, (0.055, 0.825, 0.04), front),
+        "latissimus": ("thorax_lower", None, (0.09, 0.72, -0.06), back),
+        "elbow": ("upper_arm", "side", (0.125, 0.63, -0.01), lat),
+        "wrist": ("forearm", "side", (0.13, 0.485, 0.0), lat),
+        "hip": ("thigh", "side", (0.085, 0.50, 0.0), lat),
+        "knee": ("shank", "side", (0.09, 0.285, 0.01), lat),
+        "ankle": ("foot", "side", (0.09, 0.045, -0.01), lat),
+        "heel": ("foot", "side", (0.09, 0.005, -0.05), (0, 0, 0)),
+        "big_toe": ("foot", "side", (0.075, 0.0, 0.14), (0, 0, 0)),
+        "small_toe": ("foot", "side", (0.125, 0.0, 0.11), lat),
+    }
+    names = [b[0] for b in bodies]
+    markers: dict[str, tuple[int, tuple, tuple]] = {}
+    for m, (b, p, n) in centre.items():
+        markers[m] = (names.index(b), p, n)
+    for m, (b, sided, p, n) in paired.items():
+        for side, sign in (("left", 1), ("right", -1)):
+            body = f"{side}_{b}" if sided else b
+            markers[f"{side}_{m}"] = (names.index(body), p if sign > 0 else _mirror(p),
+                                      n if sign > 0 else _mirror(n))
+    order = SPINETRACK37.names
+    return KinematicModel(
+        body_names=tuple(names),
+        parents=np.array([names.index(b[1]) if b[1] else -1 for b in bodies]),
+        joints=np.array([b[2] for b in bodies], dtype=np.float64),
+        ranges=np.deg2rad(np.array([b[3] for b in bodies], dtype=np.float64)),
+        marker_names=order,
+        marker_body=np.array([markers[m][0] for m in order]),
+        markers=np.array([markers[m][1] for m in order], dtype=np.float64),
+        normals=np.array([markers[m][2] for m in order], dtype=np.float64),
+    )
+
+
+def _rot(axis: int, a: np.ndarray) -> np.ndarray:
+    """Rotation matrices [..., 3, 3] about a coordinate axis (0=x, 1=y, 2=z)."""
+    c, s = np.cos(a), np.sin(a)
+    r = np.zeros(a.shape + (3, 3))
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    r[..., axis, axis] = 1
+    r[..., i, i], r[..., i, j], r[..., j, i], r[..., j, j] = c, -s, s, c
+    return r
+
+
+def euler(angles: np.ndarray) -> np.ndarray:
+    """[..., 3] angles (flex about x, lateral about z, axial about y) -> [..., 3, 3] = Rx @ Rz @ Ry."""
+    return _rot(0, angles[..., 0]) @ _rot(2, angles[..., 1]) @ _rot(1, angles[..., 2])
+
+
+def forward_kinematics(model: KinematicModel, angles: np.ndarray,
+                       root: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Markers [N, M, 3] and body rotations [N, B, 3, 3] for joint angles [N, B, 3] and root rotations [N, 3, 3].
+
+    The pelvis joint centre stays at the origin.
+    """
+    n, nb = angles.shape[:2]
+    local = euler(angles)
+    rw = np.empty((n, nb, 3, 3))
+    pw = np.empty((n, nb, 3))
+    for b in range(nb):
+        p = model.parents[b]
+        if p < 0:
+            rw[:, b] = root @ local[:, b]
+            pw[:, b] = 0.0
+        else:
+            rw[:, b] = rw[:, p] @ local[:, b]
+            pw[:, b] = pw[:, p] + np.einsum("nij,j->ni", rw[:, p], model.joints[b] - model.joints[p])
+    mb = model.marker_body
+    offsets = model.markers - model.joints[mb]
+    pts = pw[:, mb] + np.einsum("nmij,mj->nmi", rw[:, mb], offsets)
+    return pts, rw
+
+
+def sample_poses(model: KinematicModel, n: int, rng: np.random.Generator,
+                 postures: Sequence[str] = POSTURES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Joint angles [n, B, 3] inside the ranges of motion, root rotations [n, 3, 3] and posture labels [n]."""
+    lo, hi = model.ranges[..., 0], model.ranges[..., 1]
+    labels = rng.choice(np.array(postures), size=n)
+    # start from a relaxed pose: 45 % of each range around its middle-to-zero point
+    centre = np.clip(0.0, lo, hi)
+    angles = centre + (rng.uniform(lo, hi, size=(n,) + lo.shape) - centre) * 0.45
+    deg = np.deg2rad
+    b = model.body
+
+    def set_range(mask: np.ndarray, body: str, axis: int, a: float, c: float) -> None:
+        k = int(mask.sum())
+        if k:
+            angles[mask, b(body), axis] = rng.uniform(deg(a), deg(c), size=k)
+
+    for side in ("left", "right"):
+        st = labels == "standing"
+        set_range(st, f"{side}_thigh", 0, -35, 15)
+        set_range(st, f"{side}_shank", 0, 0, 40)
+        sit = labels == "sitting"
+        set_range(sit, f"{side}_thigh", 0, -110, -70)
+        set_range(sit, f"{side}_shank", 0, 60, 110)
+        bend = labels == "bending"
+        set_range(bend, f"{side}_thigh", 0, -100, -40)
+        set_range(bend, f"{side}_shank", 0, 0, 25)
+        set_range(bend, f"{side}_upper_arm", 0, -100, -20)
+        inv = labels == "inverted"
+        set_range(inv, f"{side}_upper_arm", 0, -170, -140)
+        set_range(inv, f"{side}_thigh", 0, -60, 15)
+    for lumbar in ("lumbar5", "lumbar3", "lumbar1"):
+        set_range(labels == "bending", lumbar, 0, 8, 20)
+    angles = np.clip(angles, lo, hi)
+    angles[:, 0] = 0.0
+
+    yaw = _rot(1, rng.uniform(0, 2 * np.pi, n))
+    tilt = np.zeros(n)
+    axis = np.zeros(n, dtype=int)
+    lying = labels == "lying"
+    tilt[lying] = rng.choice([-1, 1], lying.sum()) * deg(90) + rng.normal(0, deg(8), lying.sum())
+    axis[lying] = rng.choice([0, 2], lying.sum())  # on the back / front (x) or on the side (z)
+    inv = labels == "inverted"
+    tilt[inv] = deg(180) + rng.normal(0, deg(12), inv.sum())
+    axis[inv] = 2
+    root = np.where((axis == 0)[:, None, None], _rot(0, tilt), _rot(2, tilt))
+    return angles, yaw @ root, labels
+
+
+@dataclass
+class Camera:
+    """Perspective camera looking at the origin from ``position``."""
+
+    rotation: np.ndarray  # [N, 3, 3] world -> camera
+    position: np.ndarray  # [N, 3]
+    focal: np.ndarray  # [N]
+
+
+def random_cameras(n: int, rng: np.random.Generator) -> Camera:
+    az = rng.uniform(0, 2 * np.pi, n)
+    el = np.deg2rad(rng.uniform(-20, 35, n))
+    dist = rng.uniform(3.5, 8.0, n)
+    pos = np.stack([np.sin(az) * np.cos(el), np.sin(el), np.cos(az) * np.cos(el)], axis=1) * dist[:, None]
+    fwd = -pos / np.linalg.norm(pos, axis=1, keepdims=True)  # camera z axis towards the person
+    right = np.cross(fwd, np.array([0.0, 1.0, 0.0]))
+    right /= np.linalg.norm(right, axis=1, keepdims=True)
+    down = np.cross(fwd, right)
+    rot = np.stack([right, down, fwd], axis=1)  # rows: camera x (right), y (down), z (forward)
+    rot = _rot(2, np.deg2rad(rng.normal(0, 5, n))) @ rot  # small roll
+    return Camera(rot, pos, rng.uniform(1.0, 1.6, n) * dist)
+
+
+def project(points: np.ndarray, body_rot: np.ndarray, model: KinematicModel,
+            cam: Camera) -> tuple[np.ndarray, np.ndarray]:
+    """Image-plane coordinates [N, M, 2] (unscaled) and self-occlusion [N, M] of posed markers."""
+    rel = points - cam.position[:, None]
+    pc = np.einsum("nij,nmj->nmi", cam.rotation, rel)
+    uv = cam.focal[:, None, None] * pc[..., :2] / pc[..., 2:3]
+    normals = np.einsum("nmij,mj->nmi", body_rot[:, model.marker_body], model.normals)
+    to_cam = -rel / np.linalg.norm(rel, axis=2, keepdims=True)
+    facing = np.einsum("nmi,nmi->nm", normals, to_cam)
+    occluded = facing < -0.3
+    return uv, occluded
+
+
+def generate(num_images: int, seed: int = 0, persons_per_image: tuple[int, int] = (1, 3),
+             model: KinematicModel | None = None, skeleton: Skeleton = SPINETRACK37,
+             postures: Sequence[str] = POSTURES) -> dict[str, Any]:
+    """A COCO keypoint dict of ``num_images`` images (no pixels) with posed, projected persons.
+
+    Deterministic for a seed. Points outside the image get v=0 and x=y=0; self-occluded points v=1.
+    """
+    model = model or default_model()
+    if model.marker_names != skeleton.names:
+        raise ValueError("model markers and skeleton names differ")
+    rng = np.random.default_rng(seed)
+    lo, hi = persons_per_image
+    counts = rng.integers(lo, hi + 1, num_images)
+    n = int(counts.sum())
+    angles, root, postures_ = sample_poses(model, n, rng, postures)
+    pts, rot = forward_kinematics(model, angles, root)
+    pts *= rng.uniform(1.5, 1.95, n)[:, None, None]  # stature in metres
+    uv, occluded = project(pts, rot, model, random_cameras(n, rng))
+
+    sizes = np.array([[640, 480], [480, 640], [800, 600], [1024, 768]])
+    img_wh = sizes[rng.integers(0, len(sizes), num_images)]
+    coco = empty_coco(skeleton)
+    coco["info"] = {"description": "spinetrack-tools synthetic keypoints", "seed": seed}
+    person_img = np.repeat(np.arange(num_images), counts)
+    slot = np.concatenate([np.arange(c) for c in counts]) if n else np.zeros(0, int)
+    # place each person in a horizontal slot of its image, scaled to a random height
+    lo_uv, hi_uv = uv.min(axis=1), uv.max(axis=1)
+    extent = np.maximum(hi_uv - lo_uv, 1e-6)
+    W = img_wh[person_img, 0].astype(float)
+    H = img_wh[person_img, 1].astype(float)
+    slot_w = W / counts[person_img]
+    scale = np.minimum(rng.uniform(0.3, 0.95, n) * H / extent[:, 1], 0.95 * slot_w / extent[:, 0])
+    size = extent * scale[:, None]
+    x0 = slot * slot_w + rng.uniform(0, 1, n) * np.maximum(slot_w - size[:, 0], 0)
+    y0 = rng.uniform(0, 1, n) * np.maximum(H - size[:, 1], 0)
+    spill = rng.random(n) < 0.1  # some persons are cut by the image border
+    y0[spill] += size[spill, 1] * rng.uniform(0.1, 0.4, spill.sum())
+    xy = (uv - lo_uv[:, None]) * scale[:, None, None] + np.stack([x0, y0], 1)[:, None]
+    inside = (xy[..., 0] >= 0) & (xy[..., 0] < W[:, None]) & (xy[..., 1] >= 0) & (xy[..., 1] < H[:, None])
+    v = np.where(inside, np.where(occluded, 1, 2), 0)
+    xy[v == 0] = 0.0
+
+    for i in range(num_images):
+        coco["images"].append({"id": i + 1, "file_name": f"{i + 1:012d}.jpg",
+                               "width": int(img_wh[i, 0]), "height": int(img_wh[i, 1])})
+    kp = np.concatenate([xy, v[..., None]], axis=2)
+    for p in range(n):
+        lab = v[p] > 0
+        if not lab.any():
+            continue
+        bx = _box(xy[p, lab], W[p], H[p])
+        coco["annotations"].append({
+            "id": len(coco["annotations"]) + 1,
+            "image_id": int(person_img[p]) + 1,
+            "category_id": 1,
+            "bbox": bx,
+            "area": 0.55 * bx[2] * bx[3],
+            "iscrowd": 0,
+            "num_keypoints": int(lab.sum()),
+            "keypoints": _flat(kp[p]),
+            "posture": str(postures_[p]),
+        })
+    return coco
+
+
+def _box(pts: np.ndarray, width: float, height: float) -> list[float]:
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    pad = 0.08 * (hi - lo) + 2.0
+    x1, y1 = max(lo[0] - pad[0], 0.0), max(lo[1] - pad[1], 0.0)
+    x2, y2 = min(hi[0] + pad[0], width), min(hi[1] + pad[1], height)
+    return [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
+
+
+def _flat(kp: np.ndarray) -> list[float | int]:
+    out: list[float | int] = kp.reshape(-1).tolist()
+    out[2::3] = [int(x) for x in out[2::3]]
+    return out
+
+
+CORRUPTIONS = ("lr_swap", "spine_order", "spine_detached", "collapsed", "zero_visible", "far_outside",
+               "outside_box", "limb_scale", "skeleton_scale", "noise", "duplicate")
+
+_LIMBS = {  # chains that a swap or a scale bug moves together, root first
+    "arm": ("shoulder", "elbow", "wrist"),
+    "leg": ("hip", "knee", "ankle", "big_toe", "small_toe", "heel"),
+}
+
+
+def corrupt(coco: dict[str, Any], fraction: float = 0.1, seed: int = 0,
+            kinds: Sequence[str] = CORRUPTIONS) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Copy of ``coco`` with a ``fraction`` of annotations corrupted, and the truth list.
+
+    Each corrupted annotation gets one kind; a corruption that would change nothing visible (a swap of
+    two coincident points, say) is not applied. ``duplicate`` adds a near-copy with a new id.
+    """
+    unknown = set(kinds) - set(CORRUPTIONS)
+    if unknown:
+        raise ValueError(f"unknown corruption kinds: {sorted(unknown)}")
+    rng = np.random.default_rng(seed)
+    ds = from_dict(coco)
+    sk = ds.skeleton
+    anns = [dict(a) for a in ds.annotations]
+    out = dict(coco)
+    out["annotations"] = anns
+    w, h = ds.image_size()
+    truth: list[dict[str, Any]] = []
+    chosen = rng.permutation(len(anns))[: int(round(fraction * len(anns)))]
+    next_id = int(ds.ann_ids.max(initial=0)) + 1
+    for row in chosen:
+        kp = ds.keypoints[row].copy()
+        lab = kp[:, 2] > 0
+        if lab.sum() < 10:
+            continue
+        box = ds.boxes[row]
+        torso = 0.3 * max(box[2], box[3])
+        detail: list[str] = []
+        for kind in rng.permutation(np.array(kinds)):
+            new = _apply(str(kind), kp.copy(), lab, box, torso, (w[row], h[row]), sk, rng, detail)
+            if new is not None:
+                break
+        else:
+            continue
+        if kind == "duplicate":
+            dup = dict(anns[row], id=next_id, keypoints=_flat(new))
+            anns.append(dup)
+            truth.append({"annotation_id": next_id, "image_id": dup["image_id"], "kind": "duplicate",
+                          "duplicate_of": anns[row]["id"]})
+            next_id += 1
+        else:
+            anns[row]["keypoints"] = _flat(new)
+            truth.append({"annotation_id": anns[row]["id"], "image_id": anns[row]["image_id"], "kind": str(kind),
+                          **({"detail": detail[0]} if detail else {})})
+    return out, truth
+
+
+def _apply(kind: str, kp: np.ndarray, lab: np.ndarray, box: np.ndarray, torso: float,
+           image_wh: tuple[float, float], sk: Skeleton, rng: np.random.Generator,
+           detail: list[str]) -> np.ndarray | None:
+    """One corruption of one annotation's [K, 3] keypoints, or None when it does not apply."""
+    xy = kp[:, :2]
+    labelled = np.flatnonzero(lab)
+    if kind == "lr_swap":
+        limb = str(rng.choice(list(_LIMBS)))
+        start = int(rng.integers(0, 2))  # from the root joint, or from the next joint down
+        parts = _LIMBS[limb][start:]
+        left, right = sk.indices(f"left_{p}" for p in parts), sk.indices(f"right_{p}" for p in parts)
+        both = lab[left] & lab[right]
+        left, right = np.array(left)[both], np.array(right)[both]
+        if len(left) < 2 or np.linalg.norm(xy[left] - xy[right], axis=1).mean() < 0.35 * torso:
+            return None
+        kp[left], kp[right] = kp[right].copy(), kp[left].copy()
+        detail[:] = [f"{limb} from {parts[0]}"]
+    elif kind == "spine_order":
+        chain = [i for i in sk.spine_chain if lab[i]]
+        if len(chain) < 6:
+            return None
+        i = int(rng.integers(1, len(chain) - 3))
+        j = i + int(rng.integers(2, 4))
+        a, b = chain[i], chain[min(j, len(chain) - 1)]
+        if np.linalg.norm(xy[a] - xy[b]) < 0.2 * torso:
+            return None
+        kp[[a, b], :2] = kp[[b, a], :2]
+    elif kind == "spine_detached":
+        chain = [i for i in sk.spine_chain if lab[i]]
+        if len(chain) < 5:
+            return None
+        ang = rng.uniform(0, 2 * np.pi)
+        xy[chain] += rng.uniform(0.7, 1.3) * torso * np.array([np.cos(ang), np.sin(ang)])
+    elif kind == "collapsed":
+        pts = rng.choice(labelled, size=max(6, int(len(labelled) * rng.uniform(0.6, 1.0))), replace=False)
+        xy[pts] = xy[rng.choice(labelled)] + rng.normal(0, 0.3, (len(pts), 2))
+    elif kind == "zero_visible":
+        pts = rng.choice(labelled, size=int(rng.integers(1, 5)), replace=False)
+        if np.linalg.norm(xy[pts], axis=1).min() < 0.5 * torso:
+            return None
+        xy[pts] = 0.0
+    elif kind == "far_outside":
+        pts = rng.choice(labelled, size=int(rng.integers(1, 4)), replace=False)
+        wh = np.array(image_wh)
+        direction = rng.choice([-1.0, 1.0], size=(len(pts), 2)) * (rng.random((len(pts), 2)) < 0.7)
+        direction[~direction.any(axis=1), 0] = 1.0
+        xy[pts] = np.where(direction > 0, wh, 0) + direction * rng.uniform(0.3, 1.0, (len(pts), 2)) * wh
+    elif kind == "outside_box":
+        pts = rng.choice(labelled, size=int(rng.integers(1, 4)), replace=False)
+        x, y, bw, bh = box
+        ang = rng.uniform(0, 2 * np.pi, len(pts))
+        centre = np.array([x + bw / 2, y + bh / 2])
+        moved = centre + np.stack([np.cos(ang) * bw, np.sin(ang) * bh], 1) * rng.uniform(0.9, 1.4, (len(pts), 1))
+        moved = np.clip(moved, 0, np.array(image_wh) - 1)
+        outside = (moved[:, 0] < x - 0.3 * bw) | (moved[:, 0] > x + 1.3 * bw) | \
+                  (moved[:, 1] < y - 0.3 * bh) | (moved[:, 1] > y + 1.3 * bh)
+        if not outside.all():
+            return None
+        xy[pts] = moved
+    elif kind == "limb_scale":
+        limb = _LIMBS[str(rng.choice(list(_LIMBS)))]
+        side = str(rng.choice(["left", "right"]))
+        idx = sk.indices(f"{side}_{p}" for p in limb)
+        if not lab[idx[0]] or lab[idx[1:]].sum() < 2:
+            return None
+        moved = [i for i in idx[1:] if lab[i]]
+        xy[moved] = xy[idx[0]] + (xy[moved] - xy[idx[0]]) * rng.uniform(2.5, 4.0)
+    elif kind == "skeleton_scale":
+        factor = rng.choice([rng.uniform(0.25, 0.4), rng.uniform(2.5, 3.5)])
+        centre = box[:2] + box[2:] / 2
+        xy[labelled] = centre + (xy[labelled] - centre) * factor
+    elif kind == "noise":
+        xy[labelled] += rng.normal(0, rng.uniform(0.12, 0.25) * torso, (len(labelled), 2))
+    elif kind == "duplicate":
+        xy[labelled] += rng.normal(0, 0.005 * torso, (len(labelled), 2))
+    else:
+        raise ValueError(kind)
+    kp[:, :2] = xy
+    return kp
