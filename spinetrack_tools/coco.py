@@ -144,9 +144,11 @@ def _numeric_rows(values: Sequence[Any], width: int) -> tuple[np.ndarray, np.nda
     n = len(values)
     out = np.full((n, width), np.nan)
     status = np.full(n, OK, dtype=np.int8)
-    lens = np.fromiter((len(v) if isinstance(v, list) else -1 for v in values), dtype=np.int64, count=n)
+    lens = np.fromiter((len(v) if isinstance(v, list) else -1 if v is None else -2 for v in values),
+                       dtype=np.int64, count=n)
+    status[lens >= 0] = np.where(lens[lens >= 0] == width, OK, BAD_LENGTH)
     status[lens == -1] = MISSING
-    status[(lens != -1) & (lens != width)] = BAD_LENGTH
+    status[lens == -2] = BAD_TYPE
     rows = np.flatnonzero(lens == width)
     if len(rows) == 0:
         return out, status

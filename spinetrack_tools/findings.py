@@ -132,13 +132,14 @@ def findings_from_mask(
     image_ids: np.ndarray,
     message: str | Callable[[int], str],
     scores: np.ndarray | None = None,
-    keypoints: Sequence[list[str]] | None = None,
+    keypoints: Sequence[str] | Callable[[int], list[str]] | None = None,
     values: dict[str, np.ndarray] | None = None,
 ) -> list[Finding]:
     """Turn a per-annotation boolean mask from a vectorised check into findings.
 
-    ``message`` is a string or a function of the row index (called only for flagged rows); ``scores``,
-    ``keypoints`` and each array in ``values`` are indexed like ``mask``.
+    ``message`` is a string or a function of the row index (called only for flagged rows); ``keypoints``
+    is one list of names for every row or such a function; ``scores`` and each array in ``values`` are
+    indexed like ``mask``.
     """
     rows = np.flatnonzero(mask)
     out = []
@@ -150,10 +151,36 @@ def findings_from_mask(
             image_id=_opt_int(image_ids[r]),
             message=message if isinstance(message, str) else message(int(r)),
             score=float(scores[r]) if scores is not None else 1.0,
-            keypoints=list(keypoints[r]) if keypoints is not None else [],
+            keypoints=[] if keypoints is None else keypoints(int(r)) if callable(keypoints) else list(keypoints),
             values={k: _py(v[r]) for k, v in (values or {}).items()},
         ))
     return out
+
+
+def findings_per_keypoint(
+    check: str,
+    severity: str,
+    mask: np.ndarray,
+    ann_ids: np.ndarray,
+    image_ids: np.ndarray,
+    names: Sequence[str],
+    what: str,
+    scores: np.ndarray | None = None,
+) -> list[Finding]:
+    """One finding per annotation with any keypoint set in ``mask`` [N, K], naming those keypoints."""
+    rows = mask.any(axis=1)
+    if not rows.any():
+        return []
+
+    def kps(r: int) -> list[str]:
+        return [names[j] for j in np.flatnonzero(mask[r])]
+
+    def message(r: int) -> str:
+        k = kps(r)
+        return f"{what}: {', '.join(k[:6])}{' ...' if len(k) > 6 else ''}"
+
+    return findings_from_mask(check, severity, rows, ann_ids, image_ids, message, keypoints=kps,
+                              scores=scores if scores is not None else mask.sum(axis=1) / mask.shape[1])
 
 
 def _opt_int(x: Any) -> int | None:

@@ -40,7 +40,7 @@ def load_json(path: str | Path) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError as first:
         try:  # the stdlib parser accepts NaN, Infinity and -Infinity, so such files can still be checked
-            return json.loads(data)
+            return json.loads(data.decode("utf-8"))
         except UnicodeDecodeError:
             raise InputError(path, "not UTF-8 text") from None
         except json.JSONDecodeError as e:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .coco import CocoKeypoints
 from .evaluate import oks
-from .findings import Finding, Report, findings_from_mask
+from .findings import Finding, Report, findings_from_mask, findings_per_keypoint
 from .skeleton import Skeleton
 
 # Segments used for the body scale and the limb-scale check: (name, from, to). "mid_*" are midpoints.
@@ -167,19 +167,9 @@ def flag(ds: CocoKeypoints, thresholds: Thresholds = Thresholds()) -> Report:
     return report
 
 
-def _names(g: _Geometry, mask_row: np.ndarray) -> list[str]:
-    return [g.sk.names[j] for j in np.flatnonzero(mask_row)]
-
-
 def _per_point(check: str, severity: str, g: _Geometry, mask: np.ndarray, what: str,
                score: np.ndarray | None = None) -> list[Finding]:
-    rows = mask.any(axis=1)
-    if not rows.any():
-        return []
-    kps = [_names(g, m) if r else [] for m, r in zip(mask, rows)]
-    return findings_from_mask(check, severity, rows, g.ds.ann_ids, g.ds.image_ids,
-                              lambda r: f"{what}: {', '.join(kps[r][:6])}{' ...' if len(kps[r]) > 6 else ''}",
-                              scores=score if score is not None else mask.sum(1) / mask.shape[1], keypoints=kps)
+    return findings_per_keypoint(check, severity, mask, g.ds.ann_ids, g.ds.image_ids, g.sk.names, what, score)
 
 
 def zero_visible(g: _Geometry, t: Thresholds) -> list[Finding]:
@@ -214,21 +204,23 @@ def outside(g: _Geometry, t: Thresholds) -> list[Finding]:
 
 
 def collapsed(g: _Geometry, t: Thresholds, chunk: int = 4096) -> list[Finding]:
-    """Many distinct joints labelled on one spot."""
-    n = len(g.ds)
+    """Many distinct joints labelled on one spot (pairwise distances in float32, in chunks)."""
+    n, m = len(g.ds), t.collapse_min_points
+    eps2 = ((t.collapse_radius * g.box_diag + 0.5) ** 2).astype(np.float32)
+    xy_all = np.where(g.usable[..., None], g.xy, np.nan).astype(np.float32)  # NaN never compares near
     biggest = np.zeros(n, dtype=np.int64)
     members = np.zeros(g.usable.shape, dtype=bool)
-    eps = t.collapse_radius * g.box_diag + 0.5
     for s in range(0, n, chunk):
-        sl = slice(s, s + chunk)
-        xy, ok = g.xy[sl], g.usable[sl]
-        d = np.linalg.norm(xy[:, :, None] - xy[:, None], axis=3)
-        near = (d <= eps[sl, None, None]) & ok[:, :, None] & ok[:, None, :]
-        cnt = near.sum(axis=2)
-        biggest[sl] = cnt.max(axis=1)
+        xy = xy_all[s:s + chunk]
+        dx = xy[:, :, None, 0] - xy[:, None, :, 0]
+        dy = xy[:, :, None, 1] - xy[:, None, :, 1]
+        near = (dx * dx + dy * dy) <= eps2[s:s + chunk, None, None]
+        cnt = near.sum(axis=2, dtype=np.uint8)
         centre = cnt.argmax(axis=1)
-        members[sl] = near[np.arange(len(cnt)), centre]
-    bad = (biggest >= t.collapse_min_points) & (biggest >= t.collapse_min_fraction * g.n_usable)
+        rows = np.arange(len(xy))
+        biggest[s:s + chunk] = cnt[rows, centre]
+        members[s:s + chunk] = near[rows, centre]
+    bad = (biggest >= m) & (biggest >= t.collapse_min_fraction * g.n_usable)
     return _per_point("collapsed", "error", g, members & bad[:, None], "keypoints collapsed onto one spot",
                       score=biggest / np.maximum(g.n_usable, 1))
 
@@ -289,7 +281,7 @@ def spine(g: _Geometry, t: Thresholds) -> list[Finding]:
     out = findings_from_mask(
         "spine_order", "error", order_bad, g.ds.ann_ids, g.ds.image_ids,
         lambda r: f"spine chain out of order around {names[worst[r]]} (step {min_step[r]:+.2f} of the chord)",
-        scores=np.clip(-min_step, 0, None), keypoints=[names] * n)
+        scores=np.clip(-min_step, 0, None), keypoints=names)
 
     # detachment: the chain's ends (sacrum, C7) away from the mid-hip / mid-shoulder points, or its
     # points away from the mid-hip -> mid-shoulder segment, in torso lengths
@@ -310,7 +302,7 @@ def spine(g: _Geometry, t: Thresholds) -> list[Finding]:
     out += findings_from_mask(
         "spine_detached", "error", detached, g.ds.ann_ids, g.ds.image_ids,
         lambda r: f"spine chain {detach[r]:.2f} torso lengths away from the hip-shoulder line (limit {thr:.2f})",
-        scores=detach, keypoints=[names] * n)
+        scores=detach, keypoints=names)
     return out
 
 
@@ -391,8 +383,7 @@ def lr_swaps(g: _Geometry, t: Thresholds) -> list[Finding]:
                 score = np.maximum(score, np.where(bad, np.abs(np.nan_to_num(mat[:, j])), 0))
     out += findings_from_mask("lr_swap", "error", hits, g.ds.ann_ids, g.ds.image_ids,
                               lambda r: f"left/right swapped: {', '.join(detail[r])}", scores=score,
-                              keypoints=[[f"{s}_{p[:-1]}" for p in detail[r] for s in ("left", "right")]
-                                         for r in range(n)])
+                              keypoints=lambda r: [f"{s}_{p[:-1]}" for p in detail[r] for s in ("left", "right")])
     return out
 
 
@@ -451,7 +442,7 @@ def noise(g: _Geometry, t: Thresholds) -> list[Finding]:
     return findings_from_mask("noise", "error", bad, g.ds.ann_ids, g.ds.image_ids,
                               lambda r: f"spine chain jagged beyond plausible (roughness {rough[r]:.2f} torso "
                                         f"lengths, limit {thr:.2f})", scores=rough,
-                              keypoints=[[g.sk.names[i] for i in chain]] * len(g.ds))
+                              keypoints=[g.sk.names[i] for i in chain])
 
 
 DETECTORS = (zero_visible, outside, collapsed, duplicates, spine, lr_swaps, scale, noise)

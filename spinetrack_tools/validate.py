@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .coco import BAD_LENGTH, BAD_TYPE, MISSING, CocoKeypoints, load_coco
-from .findings import Finding, Report, findings_from_mask
+from .findings import Finding, Report, findings_from_mask, findings_per_keypoint
 from .io import MISSING_ID
 from .progress import progress
 from .skeleton import SPINETRACK37, Skeleton, skeleton_for_names
@@ -98,7 +98,7 @@ def _images(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
     dup = img["id"].duplicated(keep="first").to_numpy() & ~missing
     out += [Finding("image_id", "error", None, int(i), f"duplicate image id {int(i)}") for i in ids[dup]]
     names = img["file_name"]
-    bad_name = ~names.map(lambda v: isinstance(v, str) and v != "").to_numpy()
+    bad_name = ~names.map(lambda v: isinstance(v, str) and v != "").to_numpy(dtype=bool)
     out += findings_from_mask("image_fields", "error", bad_name, np.full(len(ids), MISSING_ID), ids,
                               "image has no 'file_name' string")
     dup_name = names.duplicated(keep="first").to_numpy() & ~bad_name
@@ -156,16 +156,16 @@ def _keypoints(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
                               lambda r: f"'keypoints' has {len(ds.annotations[r]['keypoints'])} numbers, "
                                         f"expected {k3} ({k3 // 3} x 3)")
     out += findings_from_mask("keypoints_type", "error", st == BAD_TYPE, aid, iid,
-                              "'keypoints' holds values that are not numbers")
+                              "'keypoints' is not a list of numbers")
     kp = ds.keypoints
     parsed = st == 0
     nonfinite = ~np.isfinite(kp).all(axis=2) & parsed[:, None]
-    out += _per_keypoint("keypoints_nonfinite", "error", nonfinite, ds, "non-finite keypoint values (NaN/Infinity)")
+    out += _kp_findings("keypoints_nonfinite", "error", nonfinite, ds, "non-finite keypoint values (NaN/Infinity)")
     v = kp[..., 2]
     bad_v = np.isfinite(v) & ~np.isin(v, (0, 1, 2))
-    out += _per_keypoint("visibility_value", "error", bad_v, ds, "visibility not in {0, 1, 2}")
+    out += _kp_findings("visibility_value", "error", bad_v, ds, "visibility not in {0, 1, 2}")
     zero_v_coords = (v == 0) & ((kp[..., 0] != 0) | (kp[..., 1] != 0)) & np.isfinite(kp[..., :2]).all(axis=2)
-    out += _per_keypoint("unlabelled_with_coordinates", "warning", zero_v_coords, ds,
+    out += _kp_findings("unlabelled_with_coordinates", "warning", zero_v_coords, ds,
                          "v=0 keypoints with non-zero coordinates (COCO expects x=y=0)")
     counted = (v > 0).sum(axis=1)
     nk = ds.num_keypoints
@@ -178,16 +178,8 @@ def _keypoints(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
     return out
 
 
-def _per_keypoint(check: str, severity: str, mask: np.ndarray, ds: CocoKeypoints, what: str) -> list[Finding]:
-    """One finding per annotation that has any keypoint in ``mask`` [N, K], naming the keypoints."""
-    rows = mask.any(axis=1)
-    if not rows.any():
-        return []
-    names = ds.skeleton.names
-    kps = [[names[j] for j in np.flatnonzero(m)] if any_ else [] for m, any_ in zip(mask, rows)]
-    return findings_from_mask(check, severity, rows, ds.ann_ids, ds.image_ids,
-                              lambda r: f"{what}: {', '.join(kps[r][:6])}{' ...' if len(kps[r]) > 6 else ''}",
-                              keypoints=kps, scores=mask.sum(axis=1) / mask.shape[1])
+def _kp_findings(check: str, severity: str, mask: np.ndarray, ds: CocoKeypoints, what: str) -> list[Finding]:
+    return findings_per_keypoint(check, severity, mask, ds.ann_ids, ds.image_ids, ds.skeleton.names, what)
 
 
 def _id_str(i: int) -> str:

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spinetrack_tools import synth
+
+
+@pytest.fixture(scope="session")
+def synthetic() -> dict[str, Any]:
+    """A clean synthetic dataset: 400 images, 1-3 persons each, every posture."""
+    return synth.generate(400, seed=7)
+
+
+@pytest.fixture
+def coco(synthetic: dict[str, Any]) -> dict[str, Any]:
+    """A private deep copy of the synthetic dataset that a test may modify."""
+    return copy.deepcopy(synthetic)
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    path.write_text(json.dumps(obj))
+    return path

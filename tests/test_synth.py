@@ -1,0 +1,53 @@
+import numpy as np
+
+from spinetrack_tools import synth
+from spinetrack_tools.coco import from_dict
+from spinetrack_tools.skeleton import SPINETRACK37
+from spinetrack_tools.validate import validate
+
+
+def test_deterministic_for_a_seed():
+    assert synth.generate(20, seed=3) == synth.generate(20, seed=3)
+    assert synth.generate(20, seed=3) != synth.generate(20, seed=4)
+    a = synth.corrupt(synth.generate(50, seed=1), 0.3, seed=2)
+    b = synth.corrupt(synth.generate(50, seed=1), 0.3, seed=2)
+    assert a == b
+
+
+def test_output_is_valid_coco_with_all_postures_and_visibilities():
+    data = synth.generate(300, seed=2, persons_per_image=(2, 4))
+    assert validate(from_dict(data)).findings == []
+    ds = from_dict(data)
+    v = ds.keypoints[..., 2]
+    assert set(np.unique(v)) == {0, 1, 2}
+    assert (ds.keypoints[v == 0][:, :2] == 0).all()
+    assert {a["posture"] for a in data["annotations"]} == set(synth.POSTURES)
+    per_image = np.bincount(ds.image_ids)
+    assert per_image.max() <= 4
+    w, h = ds.image_size()
+    inside = (ds.keypoints[..., 0] >= 0) & (ds.keypoints[..., 0] < w[:, None]) & (ds.keypoints[..., 1] < h[:, None])
+    assert inside[v > 0].all()
+
+
+def test_forward_kinematics_keeps_segment_lengths():
+    model = synth.default_model()
+    rng = np.random.default_rng(0)
+    angles, root, _ = synth.sample_poses(model, 200, rng)
+    pts, _ = synth.forward_kinematics(model, angles, root)
+    rest, _ = synth.forward_kinematics(model, np.zeros_like(angles[:1]), np.eye(3)[None])
+    sk = SPINETRACK37
+    for a, b in [("left_knee", "left_ankle"), ("right_shoulder", "right_elbow"), ("spine_05", "neck")]:
+        i, j = sk.index(a), sk.index(b)
+        d = np.linalg.norm(pts[:, i] - pts[:, j], axis=1)
+        d0 = np.linalg.norm(rest[0, i] - rest[0, j])
+        assert np.allclose(d, d0), (a, b)
+    assert np.allclose(rest[0], model.markers - model.joints[0])  # pelvis joint centre at the origin
+
+
+def test_inverted_postures_are_upside_down():
+    data = synth.generate(60, seed=4, postures=["inverted"], persons_per_image=(1, 1))
+    ds = from_dict(data)
+    head, ankle = SPINETRACK37.index("head"), SPINETRACK37.index("left_ankle")
+    both = (ds.keypoints[:, head, 2] > 0) & (ds.keypoints[:, ankle, 2] > 0)
+    below = ds.keypoints[both, head, 1] > ds.keypoints[both, ankle, 1]  # image y grows downwards
+    assert below.mean() > 0.8
