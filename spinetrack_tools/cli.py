@@ -14,7 +14,7 @@ import click
 
 from . import __version__
 from .findings import Report
-from .io import InputError, atomic_write_text, dumps_json, save_json
+from .io import InputError, dumps_json, save_json
 from .skeleton import KNOWN_SKELETONS, SPINETRACK37, Skeleton
 
 EXIT_ERRORS = 1
@@ -46,12 +46,17 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _skeleton_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
+def _report_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--report, --json and --skeleton, shared by the checking commands."""
+    fn = click.option(
         "--skeleton", "skeleton_name", default=SPINETRACK37.name, show_default=True,
         type=click.Choice([*KNOWN_SKELETONS, "auto"]),
         help="Keypoint layout the file must follow; 'auto' accepts the layout its category names.",
     )(fn)
+    fn = click.option("--json", "as_json", is_flag=True,
+                      help="Print the JSON report on stdout instead of the table.")(fn)
+    return click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False),
+                        help="Write the findings as JSON ({'summary': ..., 'findings': [...]}).")(fn)
 
 
 def _resolve_skeleton(name: str) -> Skeleton | None:
@@ -82,10 +87,7 @@ def main() -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--images", "images_dir", type=click.Path(path_type=Path),
               help="Folder of the images: check that each file exists, decodes and has the listed size.")
-@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write the findings as JSON ({'summary': ..., 'findings': [...]}).")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout instead of the table.")
-@_skeleton_option
+@_report_options
 @handles_errors
 def validate(file: Path, images_dir: Path | None, report_path: Path | None, as_json: bool,
              skeleton_name: str) -> None:
@@ -99,17 +101,14 @@ def validate(file: Path, images_dir: Path | None, report_path: Path | None, as_j
 
     report = validate_file(file, skeleton=_resolve_skeleton(skeleton_name), images_dir=images_dir)
     _emit(report, as_json, report_path)
-    sys.exit(EXIT_ERRORS if report.has_errors else 0)
+    raise SystemExit(EXIT_ERRORS if report.has_errors else 0)
 
 
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write the findings as JSON ({'summary': ..., 'findings': [...]}).")
 @click.option("--clean-out", "clean_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Write FILE without the annotations flagged at error severity.")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout instead of the table.")
-@_skeleton_option
+@_report_options
 @handles_errors
 def flag(file: Path, report_path: Path | None, clean_path: Path | None, as_json: bool, skeleton_name: str) -> None:
     """Flag corrupted labels in FILE, a COCO keypoint JSON.
@@ -133,7 +132,7 @@ def flag(file: Path, report_path: Path | None, clean_path: Path | None, as_json:
     if clean_path is not None and not as_json:
         c = report.stats["clean_out"]
         click.echo(f"clean file written to {clean_path}: kept {c['kept']}, removed {c['removed']} annotations")
-    sys.exit(EXIT_ERRORS if report.has_errors else 0)
+    raise SystemExit(EXIT_ERRORS if report.has_errors else 0)
 
 
 def _parse_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:

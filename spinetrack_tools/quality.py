@@ -21,7 +21,6 @@ import numpy as np
 from .coco import CocoKeypoints
 from .evaluate import oks
 from .findings import Finding, Report, findings_from_mask, findings_per_keypoint
-from .skeleton import Skeleton
 
 # Segments used for the body scale and the limb-scale check: (name, from, to). "mid_*" are midpoints.
 _SEGMENTS = (
@@ -147,15 +146,14 @@ class _Geometry:
         return self.xy[:, i], self.usable[:, i]
 
 
-def adaptive(values: np.ndarray, floor: float, k: float, higher_is_worse: bool = True) -> float:
-    """Threshold = the file's median + k * MAD of ``values`` (finite ones), never laxer... never stricter than ``floor``."""
+def adaptive(values: np.ndarray, floor: float, k: float) -> float:
+    """The file's median + k * MAD of the finite ``values``, but never stricter than ``floor``."""
     v = values[np.isfinite(values)]
     if len(v) < 20:
         return floor
     med = float(np.median(v))
     mad = float(np.median(np.abs(v - med))) * 1.4826
-    t = med + k * mad if higher_is_worse else med - k * mad
-    return max(t, floor) if higher_is_worse else min(t, floor)
+    return max(med + k * mad, floor)
 
 
 def flag(ds: CocoKeypoints, thresholds: Thresholds = Thresholds()) -> Report:
@@ -363,10 +361,10 @@ def lr_swaps(g: _Geometry, t: Thresholds) -> list[Finding]:
             up = axis / axis_len[:, None]
         signed = {}
         for part in _TORSO_PAIRS:
-            (l, ol), (r_, or_) = g.point(f"left_{part}"), g.point(f"right_{part}")
+            (lp, ol), (rp, or_) = g.point(f"left_{part}"), g.point(f"right_{part}")
             if ol is None or or_ is None:
                 continue
-            d = l - r_
+            d = lp - rp
             s = (up[:, 0] * d[:, 1] - up[:, 1] * d[:, 0]) / g.torso
             signed[part] = np.where(ol & or_ & oh & os_ & (axis_len > 0.3 * g.torso), s, np.nan)
         if len(signed) >= 2:
@@ -375,7 +373,8 @@ def lr_swaps(g: _Geometry, t: Thresholds) -> list[Finding]:
             votes = np.where(strong, np.sign(mat), 0)
             for j, part in enumerate(signed):
                 others = np.delete(votes, j, axis=1)
-                agree_other = (others.sum(1) != 0) & (np.abs(others.sum(1)) == np.abs(others).sum(1))
+                # at least two other pairs must agree among themselves: with one, a twist looks the same
+                agree_other = (np.abs(others).sum(1) >= 2) & (np.abs(others.sum(1)) == np.abs(others).sum(1))
                 bad = strong[:, j] & agree_other & (votes[:, j] == -np.sign(others.sum(1)))
                 for r in np.flatnonzero(bad):
                     detail[r].append(f"{part}s")

@@ -77,7 +77,7 @@ def _categories(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
         links = c.get("skeleton")
         if isinstance(links, list):
             k = len(c["keypoints"])
-            if any(not (isinstance(l, list) and len(l) == 2 and all(_int_in(x, 1, k) for x in l)) for l in links):
+            if any(not (isinstance(p, list) and len(p) == 2 and all(_int_in(x, 1, k) for x in p)) for p in links):
                 out.append(_file_finding("categories", "warning",
                                          f"category {c.get('id')!r}: 'skeleton' links must be pairs of 1-based "
                                          f"keypoint numbers in 1..{k}"))

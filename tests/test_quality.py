@@ -97,3 +97,38 @@ def test_thresholds_adapt_to_the_file(synthetic):
     report = flag(from_dict(data))
     noise = [f for f in report.findings if f.check == "noise"]
     assert len(noise) <= 0.02 * len(data["annotations"])
+
+
+EDGE_CASES = {
+    "no_annotations": lambda d: d.update(annotations=[]),
+    "one_annotation": lambda d: d.update(annotations=d["annotations"][:1]),
+    "nothing_labelled": lambda d: [a.update(keypoints=[0] * 111, num_keypoints=0) for a in d["annotations"]],
+    "no_images": lambda d: d.pop("images"),
+    "nan_keypoint": lambda d: d["annotations"][0]["keypoints"].__setitem__(0, float("nan")),
+    "keypoints_not_a_list": lambda d: d["annotations"][0].update(keypoints="x"),
+    "no_bbox": lambda d: d["annotations"][0].pop("bbox"),
+}
+
+
+@pytest.mark.parametrize("case", EDGE_CASES)
+@pytest.mark.filterwarnings("error")
+def test_degenerate_files_do_not_crash_or_false_alarm(case):
+    data = synth.generate(5, seed=1)
+    EDGE_CASES[case](data)
+    assert flag(from_dict(data)).by_severity("error") == []
+
+
+def test_other_layouts_run_the_checks_they_can(synthetic):
+    from spinetrack_tools.skeleton import COCO17
+
+    data = copy.deepcopy(synthetic)
+    data["categories"] = [COCO17.to_category()]
+    for a in data["annotations"]:
+        a["keypoints"] = a["keypoints"][:51]
+    data["annotations"][0]["keypoints"][0:2] = [0.0, 0.0]
+    data["annotations"][0]["keypoints"][2] = 2
+    report = flag(from_dict(data))
+    errors = report.by_severity("error")
+    assert [f.annotation_id for f in errors if f.check == "zero_visible"] == [data["annotations"][0]["id"]]
+    assert not {"spine_order", "spine_detached", "noise"} & {f.check for f in errors}  # no spine in COCO-17
+    assert len(report.flagged_annotation_ids()) <= 1 + 0.01 * len(data["annotations"])

@@ -62,4 +62,4 @@ def test_to_category_is_one_based():
     cat = SPINETRACK37.to_category()
     assert cat["keypoints"] == list(SPINETRACK37.names)
     assert [15 + 1, 13 + 1] in cat["skeleton"]
-    assert min(min(l) for l in cat["skeleton"]) >= 1
+    assert min(min(pair) for pair in cat["skeleton"]) >= 1
