@@ -139,6 +139,16 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _to_float(x: Any) -> float:
+    """A JSON number as float (integers too large for a float become inf); NaN for anything else."""
+    if not _is_number(x):
+        return np.nan
+    try:
+        return float(x)
+    except OverflowError:
+        return np.inf if x > 0 else -np.inf
+
+
 def _numeric_rows(values: Sequence[Any], width: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``width`` numbers from a list of JSON lists; NaN rows and a status code where they are not."""
     n = len(values)
@@ -159,11 +169,9 @@ def _numeric_rows(values: Sequence[Any], width: int) -> tuple[np.ndarray, np.nda
         return out, status
     for i in rows:  # slow path: some row holds null, a string or a nested value
         v = values[i]
-        if all(_is_number(x) for x in v):
-            out[i] = v
-        else:
+        if not all(_is_number(x) for x in v):
             status[i] = BAD_TYPE
-            out[i] = [float(x) if _is_number(x) else np.nan for x in v]
+        out[i] = [_to_float(x) for x in v]
     return out, status
 
 
@@ -174,7 +182,7 @@ def _float_column(dicts: Sequence[dict], key: str) -> np.ndarray:
             return np.array(vals, dtype=np.float64)  # None becomes NaN
         except OverflowError:
             pass
-    return np.array([float(v) if _is_number(v) else np.nan for v in vals], dtype=np.float64)
+    return np.array([_to_float(v) for v in vals], dtype=np.float64)
 
 
 def _id_column(dicts: Sequence[dict], key: str) -> np.ndarray:

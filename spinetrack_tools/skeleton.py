@@ -148,8 +148,8 @@ def skeleton_for_names(names: Sequence[str] | None, expected: Skeleton | None = 
     """Select the layout named by a category's ``keypoints`` list, or verify it against ``expected``.
 
     Raises ``ValueError`` naming the first mismatch. With ``names`` missing, ``expected`` (default
-    SpineTrack-37) is assumed. Unknown layouts become a custom ``Skeleton`` with a default sigma of 0.07
-    for names SpineTrack does not know.
+    SpineTrack-37) is assumed. Other layouts become a custom ``Skeleton``: a SpineTrack subset (its
+    sigmas, links and groups) when every name is a SpineTrack name, else one with sigma 0.07 and no links.
     """
     if not names:
         return expected or SPINETRACK37

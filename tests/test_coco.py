@@ -101,3 +101,11 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         atomic_write_bytes(out, Boom())  # type: ignore[arg-type]
     assert out.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.json"]
+
+
+def test_huge_integers_are_non_finite_not_a_crash(tmp_path, synthetic):
+    anns = [dict(a) for a in synthetic["annotations"][:2]]
+    anns[0]["keypoints"] = [10**400] + anns[0]["keypoints"][1:]
+    anns[1]["area"] = 10**400
+    ds = load_coco(write_json(tmp_path / "big.json", {**synthetic, "annotations": anns}))
+    assert np.isinf(ds.keypoints[0, 0, 0]) and np.isinf(ds.areas[1])
