@@ -135,6 +135,56 @@ def flag(file: Path, report_path: Path | None, clean_path: Path | None, as_json:
     raise SystemExit(EXIT_ERRORS if report.has_errors else 0)
 
 
+def _split_list(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str] | None:
+    names = [n.strip() for v in value for n in v.split(",") if n.strip()]
+    return names or None
+
+
+@main.command()
+@click.option("--dest", type=click.Path(path_type=Path, file_okay=False), default=Path("spinetrack"),
+              show_default=True, help="Data root: annotations/ and images/<split>/ go here.")
+@click.option("--annotations-only", is_flag=True, help="Fetch only annotations.zip (24.8 MB).")
+@click.option("--splits", multiple=True, callback=_split_list, metavar="SPLIT[,SPLIT]",
+              help="Fetch only these splits' images (e.g. val2017), by HTTP range requests into images.zip "
+                   "instead of the whole 19 GB archive. Repeatable or comma-separated.")
+@click.option("--revision", default=None, help="Branch, tag or commit of the dataset (default: main).")
+@click.option("--dry-run", is_flag=True, help="List what would be fetched and its size; write nothing.")
+@click.option("--force", is_flag=True, help="Overwrite files in the way that differ from the archive.")
+@click.option("--keep-archive", is_flag=True, help="Keep images.zip after extracting it.")
+@click.option("--repo", "repo_id", default=None, help="Dataset repository id (default saifkhichi96/spinetrack).")
+@handles_errors
+def download(dest: Path, annotations_only: bool, splits: list[str] | None, revision: str | None, dry_run: bool,
+             force: bool, keep_archive: bool, repo_id: str | None) -> None:
+    """Download SpineTrack from the Hugging Face Hub into DEST.
+
+    Resumable (re-run after an interruption), verified (size and sha256 of each archive, CRC-32 of each
+    extracted file), skips what is already complete, checks disk space first, and extracts safely (no
+    paths outside DEST; files of yours are not overwritten without --force). The Hub endpoint comes from
+    HF_ENDPOINT and the token from the usual places (HF_TOKEN, `hf auth login`). At the end every
+    downloaded annotation file is validated and summarised.
+    """
+    from .download import REPO_ID
+    from .download import download as run_download
+    from .validate import validate_file
+
+    result = run_download(dest, revision=revision, annotations_only=annotations_only, splits=splits,
+                          dry_run=dry_run, force=force, keep_archive=keep_archive, repo_id=repo_id or REPO_ID,
+                          echo=click.echo)
+    if dry_run:
+        return
+    click.echo(f"downloaded SpineTrack @ {result.plan.commit[:12]} into {dest}")
+    if result.range_requests:
+        click.echo(f"images by range requests: {result.range_requests} requests, "
+                   f"{result.range_bytes / 1e6:.1f} MB transferred")
+    for path in result.annotation_files:
+        report = validate_file(path)
+        out = dest / ".spinetrack" / "reports" / f"validate_{path.stem}.json"
+        report.write_json(out)
+        s = report.summary()
+        click.echo(f"validate {path.relative_to(dest)}: {s['images']} images, {s['annotations']} annotations, "
+                   f"{s['errors']} errors, {s['warnings']} warnings (report: {out})")
+
+
 def _parse_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
     try:
         lo, _, hi = value.partition("-")
