@@ -323,7 +323,8 @@ def plan_members(zf: zipfile.ZipFile, kind: str, dest: Path, splits: Iterable[st
     """
     wanted = set(splits) if splits is not None else None
     todo, done, conflicts, seen_splits = [], 0, [], set()
-    for info in zf.infolist():
+    infos = zf.infolist()
+    for info in progress(infos, total=len(infos), description=f"checking {kind} already on disk"):
         rel = member_target(info, kind)
         if rel is None:
             continue
@@ -435,8 +436,9 @@ def download(dest: Path, *, revision: str | None = None, annotations_only: bool 
             if not keep_archive:
                 img_zip.unlink()
                 (downloads / f"{IMAGES_ZIP}.verified").unlink(missing_ok=True)
-        result.range_requests, result.range_bytes = remote.requests, remote.bytes_fetched
     if splits is not None:
+        if remote is not None:
+            result.range_requests, result.range_bytes = remote.requests, remote.bytes_fetched
         result.annotation_files = [p for p in ann_files if any(p.stem.endswith(s) for s in splits)]
     return result
 
