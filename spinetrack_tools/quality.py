@@ -88,7 +88,7 @@ class Thresholds:
 @lru_cache(maxsize=1)
 def reference_lengths() -> dict[str, float]:
     """Rest-pose segment lengths (fraction of stature) from the built-in kinematic model."""
-    from .synth import default_model
+    from .biomech.model import default_model
 
     model = default_model()
     pts = {n: p for n, p in zip(model.marker_names, model.markers)}
@@ -97,7 +97,7 @@ def reference_lengths() -> dict[str, float]:
     return {name: float(np.linalg.norm(pts[a][:2] - pts[b][:2])) for name, a, b in _SEGMENTS}
 
 
-class _Geometry:
+class BodyGeometry:
     """Per-annotation quantities shared by the detectors."""
 
     def __init__(self, ds: CocoKeypoints):
@@ -158,23 +158,23 @@ def adaptive(values: np.ndarray, floor: float, k: float) -> float:
 
 def flag(ds: CocoKeypoints, thresholds: Thresholds = Thresholds()) -> Report:
     """Run every detector on a loaded file and return one report."""
-    g = _Geometry(ds)
+    g = BodyGeometry(ds)
     report = Report(ds.source, stats={"images": len(ds.images), "annotations": len(ds)})
     for det in DETECTORS:
         report.extend(det(g, thresholds))
     return report
 
 
-def _per_point(check: str, severity: str, g: _Geometry, mask: np.ndarray, what: str,
+def _per_point(check: str, severity: str, g: BodyGeometry, mask: np.ndarray, what: str,
                score: np.ndarray | None = None) -> list[Finding]:
     return findings_per_keypoint(check, severity, mask, g.ds.ann_ids, g.ds.image_ids, g.sk.names, what, score)
 
 
-def zero_visible(g: _Geometry, t: Thresholds) -> list[Finding]:
+def zero_visible(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     return _per_point("zero_visible", "error", g, g.zero, "labelled keypoints at (0, 0)")
 
 
-def outside(g: _Geometry, t: Thresholds) -> list[Finding]:
+def outside(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     """Labelled points far outside the image, or outside their own box."""
     w, h = g.ds.image_size()
     x, y = g.xy[..., 0], g.xy[..., 1]
@@ -201,7 +201,7 @@ def outside(g: _Geometry, t: Thresholds) -> list[Finding]:
     return out
 
 
-def collapsed(g: _Geometry, t: Thresholds, chunk: int = 4096) -> list[Finding]:
+def collapsed(g: BodyGeometry, t: Thresholds, chunk: int = 4096) -> list[Finding]:
     """Many distinct joints labelled on one spot (pairwise distances in float32, in chunks)."""
     n, m = len(g.ds), t.collapse_min_points
     eps2 = ((t.collapse_radius * g.box_diag + 0.5) ** 2).astype(np.float32)
@@ -223,7 +223,7 @@ def collapsed(g: _Geometry, t: Thresholds, chunk: int = 4096) -> list[Finding]:
                       score=biggest / np.maximum(g.n_usable, 1))
 
 
-def duplicates(g: _Geometry, t: Thresholds) -> list[Finding]:
+def duplicates(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     """Two annotations of one person in the same image (OKS above the threshold)."""
     ds = g.ds
     order = np.argsort(ds.image_ids, kind="stable")
@@ -252,7 +252,7 @@ def duplicates(g: _Geometry, t: Thresholds) -> list[Finding]:
     return out
 
 
-def spine(g: _Geometry, t: Thresholds) -> list[Finding]:
+def spine(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     """Spine chain out of order along its chord, or detached from the hip-shoulder midline."""
     chain = g.sk.spine_chain
     if len(chain) < 4:
@@ -327,7 +327,7 @@ def _point_segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.n
     return np.linalg.norm(ap - s[..., None] * ab, axis=-1)
 
 
-def lr_swaps(g: _Geometry, t: Thresholds) -> list[Finding]:
+def lr_swaps(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     """Left/right swaps: limbs whose swapped labelling is much shorter (crossing test), and torso pairs
     whose left-right orientation disagrees with the rest of the torso."""
     out: list[Finding] = []
@@ -386,7 +386,7 @@ def lr_swaps(g: _Geometry, t: Thresholds) -> list[Finding]:
     return out
 
 
-def scale(g: _Geometry, t: Thresholds) -> list[Finding]:
+def scale(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     """Limbs too long for the body, and skeletons at a scale that does not fit their box."""
     ref = reference_lengths()
     limb_ratio: dict[str, np.ndarray] = {}
@@ -423,7 +423,7 @@ def scale(g: _Geometry, t: Thresholds) -> list[Finding]:
     return out
 
 
-def noise(g: _Geometry, t: Thresholds) -> list[Finding]:
+def noise(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     """Heavy noise: a jagged spine chain (median second difference along the chain, in torso lengths).
 
     The chain is the densest run of points in the layout, and real spines are smooth at that spacing.

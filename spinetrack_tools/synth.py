@@ -1,10 +1,10 @@
 """Synthetic SpineTrack-like keypoint data with known truth.
 
-A kinematic tree (``KinematicModel``: rigid bodies, joints with ranges of motion, one marker per
-SpineTrack keypoint) is posed inside its joint limits, placed in a posture (standing, sitting, bending,
-lying, inverted), seen through a random perspective camera and written as COCO keypoints. The built-in
-model uses literature proportions and ranges (``opensim-biomech.md`` §4); the OpenSim model of a later
-issue plugs into the same ``KinematicModel`` so there is one generator.
+The SpineTrack OpenSim model (``biomech.model``: rigid bodies, joints with ranges of motion, one marker
+per keypoint) is posed inside its joint limits, placed in a posture (standing, sitting, bending, lying,
+inverted), seen through a random perspective camera and written as COCO keypoints. Marker positions
+come from OpenSim's forward kinematics when opensim is installed, else from the model's numpy export
+(identical to 1e-12, tested).
 
 ``corrupt`` injects the label corruptions a broken exporter or a careless annotator makes and returns
 which annotation got which, so ``flag`` can be scored for precision and recall.
@@ -12,161 +12,17 @@ which annotation got which, so ``flag`` can be scored for precision and recall.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
+from .biomech.model import KinematicModel, default_model, forward_kinematics, rot
 from .coco import empty_coco, from_dict
 from .skeleton import SPINETRACK37, Skeleton
 
 POSTURES = ("standing", "sitting", "bending", "lying", "inverted")
-
-
-@dataclass(frozen=True)
-class KinematicModel:
-    """Rigid bodies in a tree, each rotating about its joint with Euler angles (flex x, lateral z, axial y).
-
-    Rest frame: x = the person's left, y = up, z = forward; lengths as fractions of stature.
-    """
-
-    body_names: tuple[str, ...]
-    parents: np.ndarray  # [B] parent body index, -1 for the root (pelvis)
-    joints: np.ndarray  # [B, 3] joint centre in the rest pose
-    ranges: np.ndarray  # [B, 3, 2] radians: rotation about x, z, y
-    marker_names: tuple[str, ...]
-    marker_body: np.ndarray  # [M] body each marker is fixed to
-    markers: np.ndarray  # [M, 3] marker position in the rest pose
-    normals: np.ndarray  # [M, 3] outward surface direction used for self-occlusion (0 = always seen)
-
-    def body(self, name: str) -> int:
-        return self.body_names.index(name)
-
-
-def _mirror(v: Sequence[float]) -> tuple[float, float, float]:
-    return (-v[0], v[1], v[2])
-
-
-def default_model() -> KinematicModel:
-    """The built-in 19-body model (literature proportions, ranges in degrees from opensim-biomech.md §4)."""
-    # name, parent, joint centre, ranges (flex about x, lateral about z, axial about y) in degrees
-    left_bodies = {
-        "upper_arm": ("thorax_upper", (0.115, 0.815, -0.01), ((-170, 50), (-20, 170), (-60, 90))),
-        "forearm": ("upper_arm", (0.125, 0.63, -0.01), ((-145, 0), (-5, 5), (0, 0))),
-        "thigh": ("pelvis", (0.085, 0.50, 0.0), ((-120, 20), (-20, 45), (-30, 40))),
-        "shank": ("thigh", (0.09, 0.285, 0.01), ((0, 140), (-3, 3), (-5, 5))),
-        "foot": ("shank", (0.09, 0.045, -0.01), ((-20, 45), (-15, 15), (-10, 10))),
-    }
-    lumbar = ((-9, 20), (-8, 8), (-5, 5))
-    thoracic = ((-5, 10), (-10, 10), (-15, 15))
-    bodies: list[tuple[str, str | None, tuple, tuple]] = [
-        ("pelvis", None, (0.0, 0.50, 0.0), ((0, 0), (0, 0), (0, 0))),
-        ("lumbar5", "pelvis", (0.0, 0.545, -0.03), lumbar),
-        ("lumbar3", "lumbar5", (0.0, 0.575, -0.03), lumbar),
-        ("lumbar1", "lumbar3", (0.0, 0.615, -0.03), lumbar),
-        ("thorax_lower", "lumbar1", (0.0, 0.665, -0.03), thoracic),
-        ("thorax_upper", "thorax_lower", (0.0, 0.735, -0.03), thoracic),
-        ("neck_lower", "thorax_upper", (0.0, 0.835, -0.03), ((-25, 25), (-17, 17), (-14, 14))),
-        ("neck_upper", "neck_lower", (0.0, 0.875, -0.02), ((-20, 20), (-17, 17), (-14, 14))),
-        ("head", "neck_upper", (0.0, 0.91, -0.01), ((-20, 20), (-6, 6), (-38, 38))),
-    ]
-    for side, sign in (("left", 1), ("right", -1)):
-        for name, (parent, joint, rom) in left_bodies.items():
-            parent_name = parent if parent in ("thorax_upper", "pelvis") else f"{side}_{parent}"
-            j = joint if sign > 0 else _mirror(joint)
-            # mirroring across the sagittal plane negates rotations about z and y
-            r = rom if sign > 0 else (rom[0], (-rom[1][1], -rom[1][0]), (-rom[2][1], -rom[2][0]))
-            bodies.append((f"{side}_{name}", parent_name, j, r))
-
-    # marker: (body, rest position of the left/centre version, normal)
-    back, front, lat = (0, 0, -1), (0, 0, 1), (1, 0, 0)
-    centre = {
-        "hip": ("pelvis", (0.0, 0.53, -0.05), back),
-        "spine_01": ("lumbar5", (0.0, 0.575, -0.06), back),
-        "spine_02": ("lumbar3", (0.0, 0.615, -0.065), back),
-        "spine_03": ("lumbar1", (0.0, 0.665, -0.065), back),
-        "spine_04": ("thorax_lower", (0.0, 0.735, -0.07), back),
-        "spine_05": ("thorax_upper", (0.0, 0.80, -0.06), back),
-        "neck": ("thorax_upper", (0.0, 0.835, -0.04), (0, 0, 0)),
-        "neck_02": ("neck_lower", (0.0, 0.875, -0.025), back),
-        "neck_03": ("neck_upper", (0.0, 0.91, -0.01), back),
-        "head": ("head", (0.0, 1.0, 0.0), (0, 0, 0)),
-        "nose": ("head", (0.0, 0.935, 0.095), front),
-    }
-    paired = {
-        "eye": ("head", None, (0.032, 0.95, 0.075), front),
-        "ear": ("head", None, (0.07, 0.935, 0.0), lat),
-        "shoulder": ("thorax_upper", None, (0.115, 0.815, -0.01), lat),
-        "clavicle": ("thorax_upper", None, (0.055, 0.825, 0.04), front),
-        "latissimus": ("thorax_lower", None, (0.09, 0.72, -0.06), back),
-        "elbow": ("upper_arm", "side", (0.125, 0.63, -0.01), lat),
-        "wrist": ("forearm", "side", (0.13, 0.485, 0.0), lat),
-        "hip": ("thigh", "side", (0.085, 0.50, 0.0), lat),
-        "knee": ("shank", "side", (0.09, 0.285, 0.01), lat),
-        "ankle": ("foot", "side", (0.09, 0.045, -0.01), lat),
-        "heel": ("foot", "side", (0.09, 0.005, -0.05), (0, 0, 0)),
-        "big_toe": ("foot", "side", (0.075, 0.0, 0.14), (0, 0, 0)),
-        "small_toe": ("foot", "side", (0.125, 0.0, 0.11), lat),
-    }
-    names = [b[0] for b in bodies]
-    markers: dict[str, tuple[int, tuple, tuple]] = {}
-    for m, (b, p, n) in centre.items():
-        markers[m] = (names.index(b), p, n)
-    for m, (b, sided, p, n) in paired.items():
-        for side, sign in (("left", 1), ("right", -1)):
-            body = f"{side}_{b}" if sided else b
-            markers[f"{side}_{m}"] = (names.index(body), p if sign > 0 else _mirror(p),
-                                      n if sign > 0 else _mirror(n))
-    order = SPINETRACK37.names
-    return KinematicModel(
-        body_names=tuple(names),
-        parents=np.array([names.index(b[1]) if b[1] else -1 for b in bodies]),
-        joints=np.array([b[2] for b in bodies], dtype=np.float64),
-        ranges=np.deg2rad(np.array([b[3] for b in bodies], dtype=np.float64)),
-        marker_names=order,
-        marker_body=np.array([markers[m][0] for m in order]),
-        markers=np.array([markers[m][1] for m in order], dtype=np.float64),
-        normals=np.array([markers[m][2] for m in order], dtype=np.float64),
-    )
-
-
-def _rot(axis: int, a: np.ndarray) -> np.ndarray:
-    """Rotation matrices [..., 3, 3] about a coordinate axis (0=x, 1=y, 2=z)."""
-    c, s = np.cos(a), np.sin(a)
-    r = np.zeros(a.shape + (3, 3))
-    i, j = [(1, 2), (2, 0), (0, 1)][axis]
-    r[..., axis, axis] = 1
-    r[..., i, i], r[..., i, j], r[..., j, i], r[..., j, j] = c, -s, s, c
-    return r
-
-
-def euler(angles: np.ndarray) -> np.ndarray:
-    """[..., 3] angles (flex about x, lateral about z, axial about y) -> [..., 3, 3] = Rx @ Rz @ Ry."""
-    return _rot(0, angles[..., 0]) @ _rot(2, angles[..., 1]) @ _rot(1, angles[..., 2])
-
-
-def forward_kinematics(model: KinematicModel, angles: np.ndarray,
-                       root: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Markers [N, M, 3] and body rotations [N, B, 3, 3] for joint angles [N, B, 3] and root rotations [N, 3, 3].
-
-    The pelvis joint centre stays at the origin.
-    """
-    n, nb = angles.shape[:2]
-    local = euler(angles)
-    rw = np.empty((n, nb, 3, 3))
-    pw = np.empty((n, nb, 3))
-    for b in range(nb):
-        p = model.parents[b]
-        if p < 0:
-            rw[:, b] = root @ local[:, b]
-            pw[:, b] = 0.0
-        else:
-            rw[:, b] = rw[:, p] @ local[:, b]
-            pw[:, b] = pw[:, p] + np.einsum("nij,j->ni", rw[:, p], model.joints[b] - model.joints[p])
-    mb = model.marker_body
-    offsets = model.markers - model.joints[mb]
-    pts = pw[:, mb] + np.einsum("nmij,mj->nmi", rw[:, mb], offsets)
-    return pts, rw
 
 
 def sample_poses(model: KinematicModel, n: int, rng: np.random.Generator,
@@ -204,7 +60,7 @@ def sample_poses(model: KinematicModel, n: int, rng: np.random.Generator,
     angles = np.clip(angles, lo, hi)
     angles[:, 0] = 0.0
 
-    yaw = _rot(1, rng.uniform(0, 2 * np.pi, n))
+    yaw = rot(1, rng.uniform(0, 2 * np.pi, n))
     tilt = np.zeros(n)
     axis = np.zeros(n, dtype=int)
     lying = labels == "lying"
@@ -213,7 +69,7 @@ def sample_poses(model: KinematicModel, n: int, rng: np.random.Generator,
     inv = labels == "inverted"
     tilt[inv] = deg(180) + rng.normal(0, deg(12), inv.sum())
     axis[inv] = 2
-    root = np.where((axis == 0)[:, None, None], _rot(0, tilt), _rot(2, tilt))
+    root = np.where((axis == 0)[:, None, None], rot(0, tilt), rot(2, tilt))
     return angles, yaw @ root, labels
 
 
@@ -235,9 +91,9 @@ def random_cameras(n: int, rng: np.random.Generator) -> Camera:
     right = np.cross(fwd, np.array([0.0, 1.0, 0.0]))
     right /= np.linalg.norm(right, axis=1, keepdims=True)
     down = np.cross(fwd, right)
-    rot = np.stack([right, down, fwd], axis=1)  # rows: camera x (right), y (down), z (forward)
-    rot = _rot(2, np.deg2rad(rng.normal(0, 5, n))) @ rot  # small roll
-    return Camera(rot, pos, rng.uniform(1.0, 1.6, n) * dist)
+    world_to_cam = np.stack([right, down, fwd], axis=1)  # rows: camera x (right), y (down), z (forward)
+    world_to_cam = rot(2, np.deg2rad(rng.normal(0, 5, n))) @ world_to_cam  # small roll
+    return Camera(world_to_cam, pos, rng.uniform(1.0, 1.6, n) * dist)
 
 
 def project(points: np.ndarray, body_rot: np.ndarray, model: KinematicModel,
@@ -253,9 +109,26 @@ def project(points: np.ndarray, body_rot: np.ndarray, model: KinematicModel,
     return uv, occluded
 
 
+def posed_markers(model: KinematicModel, angles: np.ndarray, root: np.ndarray,
+                  fk: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Markers [N, M, 3] and body rotations for joint angles and root rotations.
+
+    ``fk``: "opensim" (OpenSim's forward kinematics of the shipped model), "numpy" (its export), or
+    "auto" (OpenSim when installed).
+    """
+    if fk == "auto":
+        fk = "opensim" if importlib.util.find_spec("opensim") is not None else "numpy"
+    if fk == "numpy":
+        return forward_kinematics(model, angles, root)
+    from .biomech.osim import OsimModel
+
+    pts, rots = OsimModel.shared().forward_kinematics(model, angles)
+    return np.einsum("nij,nmj->nmi", root, pts), root[:, None] @ rots
+
+
 def generate(num_images: int, seed: int = 0, persons_per_image: tuple[int, int] = (1, 3),
              model: KinematicModel | None = None, skeleton: Skeleton = SPINETRACK37,
-             postures: Sequence[str] = POSTURES) -> dict[str, Any]:
+             postures: Sequence[str] = POSTURES, fk: str = "auto") -> dict[str, Any]:
     """A COCO keypoint dict of ``num_images`` images (no pixels) with posed, projected persons.
 
     Deterministic for a seed. Points outside the image get v=0 and x=y=0; self-occluded points v=1.
@@ -268,9 +141,9 @@ def generate(num_images: int, seed: int = 0, persons_per_image: tuple[int, int] 
     counts = rng.integers(lo, hi + 1, num_images)
     n = int(counts.sum())
     angles, root, postures_ = sample_poses(model, n, rng, postures)
-    pts, rot = forward_kinematics(model, angles, root)
+    pts, body_rot = posed_markers(model, angles, root, fk)
     pts *= rng.uniform(1.5, 1.95, n)[:, None, None]  # stature in metres
-    uv, occluded = project(pts, rot, model, random_cameras(n, rng))
+    uv, occluded = project(pts, body_rot, model, random_cameras(n, rng))
 
     sizes = np.array([[640, 480], [480, 640], [800, 600], [1024, 768]])
     img_wh = sizes[rng.integers(0, len(sizes), num_images)]
@@ -401,7 +274,7 @@ def _apply(kind: str, kp: np.ndarray, lab: np.ndarray, box: np.ndarray, torso: f
         left, right = sk.indices(f"left_{p}" for p in parts), sk.indices(f"right_{p}" for p in parts)
         both = lab[left] & lab[right]
         left, right = np.array(left)[both], np.array(right)[both]
-        if len(left) < 2 or np.linalg.norm(xy[left] - xy[right], axis=1).mean() < 0.35 * torso:
+        if len(left) < 2 or np.linalg.norm(xy[left] - xy[right], axis=1).mean() < 0.5 * torso:
             return None
         kp[left], kp[right] = kp[right].copy(), kp[left].copy()
         detail[:] = [f"{limb} from {parts[0]}"]

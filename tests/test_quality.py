@@ -13,7 +13,7 @@ from spinetrack_tools.quality import detection_scores, flag
 MIN_RECALL = {
     "collapsed": 0.95, "duplicate": 0.95, "far_outside": 0.95, "outside_box": 0.95, "zero_visible": 0.95,
     "skeleton_scale": 0.95, "noise": 0.95, "limb_scale": 0.9, "spine_order": 0.85, "spine_detached": 0.85,
-    "lr_swap": 0.6,
+    "lr_swap": 0.5,
 }
 
 

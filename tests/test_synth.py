@@ -1,6 +1,7 @@
 import numpy as np
 
 from spinetrack_tools import synth
+from spinetrack_tools.biomech.model import default_model, forward_kinematics
 from spinetrack_tools.coco import from_dict
 from spinetrack_tools.skeleton import SPINETRACK37
 from spinetrack_tools.validate import validate
@@ -30,11 +31,11 @@ def test_output_is_valid_coco_with_all_postures_and_visibilities():
 
 
 def test_forward_kinematics_keeps_segment_lengths():
-    model = synth.default_model()
+    model = default_model()
     rng = np.random.default_rng(0)
     angles, root, _ = synth.sample_poses(model, 200, rng)
-    pts, _ = synth.forward_kinematics(model, angles, root)
-    rest, _ = synth.forward_kinematics(model, np.zeros_like(angles[:1]), np.eye(3)[None])
+    pts, _ = forward_kinematics(model, angles, root)
+    rest, _ = forward_kinematics(model, np.zeros_like(angles[:1]), np.eye(3)[None])
     sk = SPINETRACK37
     for a, b in [("left_knee", "left_ankle"), ("right_shoulder", "right_elbow"), ("spine_05", "neck")]:
         i, j = sk.index(a), sk.index(b)

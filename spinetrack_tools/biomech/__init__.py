@@ -1,0 +1,1 @@
+"""Biomechanical plausibility: the SpineTrack kinematic / OpenSim model, calibrated 2D rules, the deep fit."""
