@@ -52,7 +52,7 @@ _TORSO_PAIRS = ("shoulder", "hip", "clavicle", "latissimus")
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Silence numpy's warnings about all-NaN rows (absent keypoints are expected)."""
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -287,8 +287,8 @@ def spine(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     ms, os_ = g.point("mid_shoulder")
     if oh is None or os_ is None or not g.sk.has("hip", "neck"):
         return out
-    with _quiet():
-        dist = np.where(ok, _point_segment_distance(xy, mh, ms) / g.torso[:, None], np.nan)
+    with quiet():
+        dist = np.where(ok, point_segment_distance(xy, mh, ms) / g.torso[:, None], np.nan)
         along = np.nanmedian(np.where(ok.sum(1, keepdims=True) >= 3, dist, np.nan), axis=1)
         hip_d = np.where(g.usable[:, g.sk.index("hip")], np.linalg.norm(g.point("hip")[0] - mh, axis=1), np.nan)
         neck_d = np.where(g.usable[:, g.sk.index("neck")], np.linalg.norm(g.point("neck")[0] - ms, axis=1), np.nan)
@@ -318,7 +318,7 @@ def _valid_steps(tpos: np.ndarray) -> np.ndarray:
     return steps
 
 
-def _point_segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def point_segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Distance of points p [N, K, 2] from segments a->b ([N, 2] each)."""
     ab = (b - a)[:, None]
     ap = p - a[:, None]
@@ -410,7 +410,7 @@ def scale(g: BodyGeometry, t: Thresholds) -> list[Finding]:
             scores=np.nanmax(np.where(np.isfinite(mat), mat, 0), axis=1))
     # keypoint extent versus box extent
     xy = np.where(g.usable[..., None], g.xy, np.nan)
-    with _quiet():
+    with quiet():
         ext = np.nanmax(xy, axis=1) - np.nanmin(xy, axis=1)
         box = g.ds.boxes[:, 2:]
         r = np.nanmax(ext / box, axis=1)
@@ -434,7 +434,7 @@ def noise(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     xy, ok = g.xy[:, chain], g.usable[:, chain]
     sd = np.linalg.norm(xy[:, 2:] - 2 * xy[:, 1:-1] + xy[:, :-2], axis=2)
     okd = ok[:, 2:] & ok[:, 1:-1] & ok[:, :-2]
-    with _quiet():
+    with quiet():
         rough = np.where(okd.sum(1) >= 3, np.nanmedian(np.where(okd, sd, np.nan), axis=1) / g.torso, np.nan)
     thr = adaptive(rough, t.noise, t.mad_k)
     bad = rough > thr

@@ -25,14 +25,17 @@ from .skeleton import SPINETRACK37, Skeleton
 POSTURES = ("standing", "sitting", "bending", "lying", "inverted")
 
 
-def sample_poses(model: KinematicModel, n: int, rng: np.random.Generator,
-                 postures: Sequence[str] = POSTURES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Joint angles [n, B, 3] inside the ranges of motion, root rotations [n, 3, 3] and posture labels [n]."""
+def sample_poses(model: KinematicModel, n: int, rng: np.random.Generator, postures: Sequence[str] = POSTURES,
+                 spread: float = 0.45) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Joint angles [n, B, 3] inside the ranges of motion, root rotations [n, 3, 3] and posture labels [n].
+
+    Joints a posture does not set are drawn uniformly from ``spread`` of their range towards zero
+    (1.0 = the whole range of motion).
+    """
     lo, hi = model.ranges[..., 0], model.ranges[..., 1]
     labels = rng.choice(np.array(postures), size=n)
-    # start from a relaxed pose: 45 % of each range around its middle-to-zero point
     centre = np.clip(0.0, lo, hi)
-    angles = centre + (rng.uniform(lo, hi, size=(n,) + lo.shape) - centre) * 0.45
+    angles = centre + (rng.uniform(lo, hi, size=(n,) + lo.shape) - centre) * spread
     deg = np.deg2rad
     b = model.body
 
@@ -128,7 +131,7 @@ def posed_markers(model: KinematicModel, angles: np.ndarray, root: np.ndarray,
 
 def generate(num_images: int, seed: int = 0, persons_per_image: tuple[int, int] = (1, 3),
              model: KinematicModel | None = None, skeleton: Skeleton = SPINETRACK37,
-             postures: Sequence[str] = POSTURES, fk: str = "auto") -> dict[str, Any]:
+             postures: Sequence[str] = POSTURES, fk: str = "auto", spread: float = 0.45) -> dict[str, Any]:
     """A COCO keypoint dict of ``num_images`` images (no pixels) with posed, projected persons.
 
     Deterministic for a seed. Points outside the image get v=0 and x=y=0; self-occluded points v=1.
@@ -140,7 +143,7 @@ def generate(num_images: int, seed: int = 0, persons_per_image: tuple[int, int] 
     lo, hi = persons_per_image
     counts = rng.integers(lo, hi + 1, num_images)
     n = int(counts.sum())
-    angles, root, postures_ = sample_poses(model, n, rng, postures)
+    angles, root, postures_ = sample_poses(model, n, rng, postures, spread)
     pts, body_rot = posed_markers(model, angles, root, fk)
     pts *= rng.uniform(1.5, 1.95, n)[:, None, None]  # stature in metres
     uv, occluded = project(pts, body_rot, model, random_cameras(n, rng))

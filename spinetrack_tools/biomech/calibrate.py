@@ -1,0 +1,75 @@
+"""Offline calibration of the 2D rules: OpenSim FK of poses inside the ranges of motion, random cameras.
+
+Poses are sampled uniformly over every coordinate's whole range (plus standing, sitting, bending, lying
+and inverted postures), marker positions come from OpenSim's forward kinematics of the shipped model,
+random perspective cameras project them, and annotation noise is added. Each rule's bound is the
+quantile of its value over these plausible poses at a common tail probability, chosen so that the
+share of plausible annotations failing any rule equals ``target_rate``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from .. import synth
+from ..coco import from_dict
+from ..quality import BodyGeometry
+from .model import OSIM_PATH
+from .rules import RULES, Features, Thresholds, features
+
+
+def plausible_sample(n_images: int, seed: int, noise: float, fk: str = "opensim") -> tuple[Any, Features]:
+    """Synthetic plausible annotations over the whole range of motion, with annotation noise
+    (Gaussian, ``noise`` x torso length per coordinate), and their rule values."""
+    coco = synth.generate(n_images, seed=seed, persons_per_image=(1, 3), fk=fk, spread=1.0)
+    ds = from_dict(coco)
+    rng = np.random.default_rng(seed + 1)
+    torso = BodyGeometry(ds).torso
+    lab = ds.keypoints[..., 2] > 0
+    ds.keypoints[..., :2] += np.where(lab[..., None], rng.normal(0, 1, lab.shape + (2,)) * noise * torso[:, None, None],
+                                      0)
+    return ds, features(ds)
+
+
+def _bounds(f: Features, alpha: float) -> Thresholds:
+    rules = {}
+    for rule, (kind, _) in RULES.items():
+        if rule == "segment_length":
+            continue
+        v = f.values[rule]
+        v = v[np.isfinite(v)]
+        if len(v):
+            rules[rule] = float(np.quantile(v, 1 - alpha if kind == "upper" else alpha))
+    segments = {s: float(np.nanquantile(v, 1 - alpha)) for s, v in f.segments.items() if np.isfinite(v).any()}
+    return Thresholds(rules, segments, {})
+
+
+def _flag_rate(f: Features, t: Thresholds) -> float:
+    from .rules import excess
+
+    ex = excess(f, t)
+    return float((np.sum(list(ex.values()), axis=0) > 0).mean())
+
+
+def calibrate(n_images: int = 8000, seed: int = 0, noise: float = 0.01, target_rate: float = 0.01,
+              fk: str = "opensim") -> Thresholds:
+    """Thresholds such that ``target_rate`` of plausible synthetic annotations fail some rule."""
+    ds, f = plausible_sample(n_images, seed, noise, fk)
+    lo, hi = 1e-5, target_rate
+    for _ in range(30):  # bisection on the per-rule tail probability
+        mid = (lo + hi) / 2
+        if _flag_rate(f, _bounds(f, mid)) > target_rate:
+            hi = mid
+        else:
+            lo = mid
+    t = _bounds(f, lo)
+    t.meta = {
+        "generator": "spinetrack_tools.biomech.calibrate", "n_images": n_images, "annotations": len(ds),
+        "seed": seed, "noise_torso_fraction": noise, "target_rate": target_rate, "tail_probability": lo,
+        "flag_rate_on_calibration_set": _flag_rate(f, t), "fk": fk,
+        "model_sha256": hashlib.sha256(OSIM_PATH.read_bytes()).hexdigest(),
+    }
+    return t

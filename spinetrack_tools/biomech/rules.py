@@ -1,0 +1,253 @@
+"""Fast 2D plausibility rules (``spinetrack validate-biomech``), thresholds calibrated with OpenSim.
+
+Each rule turns an annotation into one number; ``opensim_models/thresholds.json`` (written by
+``spinetrack biomech calibrate``) bounds it. Lengths are normalised by the chain's own chord or by a
+torso length from the body-scale estimate (foreshortening only shortens segments, so segment rules
+are upper bounds). No OpenSim is needed here; everything is vectorised over annotations.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..coco import CocoKeypoints
+from ..findings import Finding, Report, findings_from_mask
+from ..quality import BodyGeometry, point_segment_distance, quiet
+from .model import THRESHOLDS_PATH
+
+# Segments bounded from above (2D length / (reference length x body scale)); spine links included.
+_BOUNDED_SEGMENTS = (
+    ("hip", "spine_01"), ("spine_01", "spine_02"), ("spine_02", "spine_03"), ("spine_03", "spine_04"),
+    ("spine_04", "spine_05"), ("spine_05", "neck"), ("neck", "neck_02"), ("neck_02", "neck_03"),
+    ("left_shoulder", "left_elbow"), ("right_shoulder", "right_elbow"), ("left_elbow", "left_wrist"),
+    ("right_elbow", "right_wrist"), ("left_hip", "left_knee"), ("right_hip", "right_knee"),
+    ("left_knee", "left_ankle"), ("right_knee", "right_ankle"), ("left_shoulder", "right_shoulder"),
+    ("left_hip", "right_hip"), ("neck_03", "head"),
+)
+_TORSO_PAIRS = ("shoulder", "hip", "clavicle", "latissimus")
+_CROSSINGS = (("shoulder", "elbow"), ("hip", "knee"))
+
+# rule -> ("upper" | "lower", keypoints it concerns ("spine" = the chain))
+RULES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "spine_order": ("lower", ("spine",)),
+    "spine_curvature": ("upper", ("spine",)),
+    "spine_lateral": ("upper", ("spine",)),
+    "spine_attachment": ("upper", ("hip", "neck", "left_hip", "right_hip", "left_shoulder", "right_shoulder")),
+    "spine_off_torso": ("upper", ("spine",)),
+    "head_attachment": ("upper", ("neck_03", "left_ear", "right_ear")),
+    "segment_length": ("upper", ()),
+    "lr_torso": ("upper", tuple(f"{s}_{p}" for p in _TORSO_PAIRS for s in ("left", "right"))),
+    "lr_crossing": ("lower", tuple(f"{s}_{p}" for c in _CROSSINGS for p in c for s in ("left", "right"))),
+}
+
+
+def _seg_name(a: str, b: str) -> str:
+    return f"{a}-{b}"
+
+
+@dataclass
+class Features:
+    """Per-annotation rule values ([N] arrays, NaN where a rule cannot be judged) and segment ratios."""
+
+    values: dict[str, np.ndarray]
+    segments: dict[str, np.ndarray]  # segment name -> [N] length / (reference x body scale)
+    worst_spine_point: np.ndarray  # [N] index into the chain of the worst point of the order/curvature rules
+
+
+def _ref_segment_lengths() -> dict[str, float]:
+    from .model import default_model
+
+    m = default_model()
+    pos = dict(zip(m.marker_names, m.markers))
+    return {_seg_name(a, b): float(np.linalg.norm(pos[a] - pos[b])) for a, b in _BOUNDED_SEGMENTS}
+
+
+def features(ds: CocoKeypoints) -> Features:
+    """Compute every rule's value for every annotation (vectorised)."""
+    g = BodyGeometry(ds)
+    n = len(ds)
+    nan = np.full(n, np.nan)
+    vals: dict[str, np.ndarray] = {k: nan.copy() for k in RULES}
+    worst = np.zeros(n, dtype=np.int64)
+    chain = g.sk.spine_chain
+    with quiet():
+        if len(chain) >= 4:
+            xy, ok = g.xy[:, chain], g.usable[:, chain]
+            enough = ok.sum(1) >= 4
+            # compact the labelled chain points to the front of each row, keeping their order
+            order = np.argsort(~ok, axis=1, kind="stable")
+            pts = np.take_along_axis(xy, order[..., None], axis=1)
+            cnt = ok.sum(1)
+            idx = np.arange(len(chain))[None]
+            valid = idx < cnt[:, None]
+            rows = np.arange(n)
+            first, last = pts[:, 0], pts[rows, np.maximum(cnt - 1, 0)]
+            chord = last - first
+            clen = np.linalg.norm(chord, axis=1)
+            u = chord / clen[:, None]
+            perp = np.stack([-u[:, 1], u[:, 0]], 1)
+            rel = pts - first[:, None]
+            along = np.einsum("nkd,nd->nk", rel, u) / g.torso[:, None]  # in torso lengths: a chain seen
+            across = np.einsum("nkd,nd->nk", rel, perp) / g.torso[:, None]  # end-on has a short chord
+            # order: each point must lie between its neighbours along their local chord (torso lengths)
+            local = pts[:, 2:] - pts[:, :-2]
+            lu = local / np.linalg.norm(local, axis=2, keepdims=True)
+            s1 = np.einsum("nkd,nkd->nk", pts[:, 1:-1] - pts[:, :-2], lu)
+            s2 = np.einsum("nkd,nkd->nk", pts[:, 2:] - pts[:, 1:-1], lu)
+            step = np.where(valid[:, 2:], np.fmin(s1, s2), np.nan) / g.torso[:, None]
+            judge = enough & (clen > 0.25 * g.torso)
+            vals["spine_order"] = np.where(judge, np.nanmin(step, axis=1), np.nan)
+            vals["spine_lateral"] = np.where(judge, np.nanmax(np.where(valid, np.abs(across), np.nan), axis=1), np.nan)
+            sd = across[:, 2:] - 2 * across[:, 1:-1] + across[:, :-2]
+            sd = np.where(valid[:, 2:], np.abs(sd), np.nan)
+            vals["spine_curvature"] = np.where(judge, np.nanmax(sd, axis=1), np.nan)
+            worst_sorted = np.where(np.isfinite(sd).any(1), np.nanargmax(np.nan_to_num(sd, nan=-1), axis=1) + 1, 0)
+            worst = np.take_along_axis(order, worst_sorted[:, None], axis=1)[:, 0]
+            mh, oh = g.point("mid_hip")
+            ms, os_ = g.point("mid_shoulder")
+            if oh is not None and os_ is not None and g.sk.has("hip", "neck"):
+                torso_ok = oh & os_
+                hip_p, hip_ok = g.point("hip")
+                neck_p, neck_ok = g.point("neck")
+                d_hip = np.where(hip_ok & torso_ok, np.linalg.norm(hip_p - mh, axis=1), np.nan)
+                d_neck = np.where(neck_ok & torso_ok, np.linalg.norm(neck_p - ms, axis=1), np.nan)
+                vals["spine_attachment"] = np.fmax(d_hip, d_neck) / g.torso
+                interior = np.where(ok & torso_ok[:, None], point_segment_distance(xy, mh, ms), np.nan)
+                vals["spine_off_torso"] = np.nanmax(interior, axis=1) / g.torso
+        c1, oc1 = g.point("neck_03")
+        me, oe = g.point("mid_ear")
+        if oc1 is not None and oe is not None:
+            vals["head_attachment"] = np.where(oc1 & oe, np.linalg.norm(c1 - me, axis=1) / g.torso, np.nan)
+
+        ref = _ref_segment_lengths()
+        segs = {}
+        for a, b in _BOUNDED_SEGMENTS:
+            (pa, oa), (pb, ob) = g.point(a), g.point(b)
+            if oa is None or ob is None:
+                continue
+            name = _seg_name(a, b)
+            segs[name] = np.where(oa & ob, np.linalg.norm(pa - pb, axis=1) / (ref[name] * g.stature), np.nan)
+        vals["lr_torso"], vals["lr_crossing"] = _left_right(g)
+    return Features(vals, segs, worst)
+
+
+def _left_right(g: BodyGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """How strongly one torso pair contradicts the others' left-right orientation, and the smallest
+    swapped/current cost ratio of the limb crossings (low = the swapped labelling fits much better)."""
+    n = len(g.ds)
+    mh, oh = g.point("mid_hip")
+    ms, os_ = g.point("mid_shoulder")
+    contra = np.full(n, np.nan)
+    if oh is not None and os_ is not None:
+        axis = ms - mh
+        up = axis / np.linalg.norm(axis, axis=1, keepdims=True)
+        cols = []
+        for part in _TORSO_PAIRS:
+            (lp, ol), (rp, or_) = g.point(f"left_{part}"), g.point(f"right_{part}")
+            if ol is None or or_ is None:
+                continue
+            d = lp - rp
+            cols.append(np.where(ol & or_ & oh & os_, (up[:, 0] * d[:, 1] - up[:, 1] * d[:, 0]) / g.torso, np.nan))
+        if len(cols) >= 3:
+            mat = np.stack(cols, 1)
+            total = np.nansum(mat, axis=1, keepdims=True)
+            others = total - np.nan_to_num(mat)
+            # a pair's signed width against the sign of the sum of the other pairs
+            contra = np.nanmax(np.where(np.isfinite(mat), -mat * np.sign(others), np.nan), axis=1)
+            contra = np.where(np.isfinite(mat).sum(1) >= 3, contra, np.nan)
+    ratio = np.full(n, np.nan)
+    for parent, child in _CROSSINGS:
+        (pl, a), (pr, b) = g.point(f"left_{parent}"), g.point(f"right_{parent}")
+        (cl, c), (cr, d) = g.point(f"left_{child}"), g.point(f"right_{child}")
+        if any(o is None for o in (a, b, c, d)):
+            continue
+        cur = np.linalg.norm(pl - cl, axis=1) + np.linalg.norm(pr - cr, axis=1)
+        swp = np.linalg.norm(pl - cr, axis=1) + np.linalg.norm(pr - cl, axis=1)
+        spread = (cur - swp) > 0.2 * g.torso  # only judged where swapping changes something
+        r = np.where(a & b & c & d & spread, swp / cur, np.nan)
+        ratio = np.fmin(ratio, r)
+    return contra, ratio
+
+
+@dataclass
+class Thresholds:
+    """Calibrated bounds: ``rules`` maps each rule to its bound, ``segments`` each segment to its bound."""
+
+    rules: dict[str, float]
+    segments: dict[str, float]
+    meta: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: Path = THRESHOLDS_PATH) -> "Thresholds":
+        data = json.loads(Path(path).read_text())
+        return cls(data["rules"], data["segments"], data.get("meta", {}))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rules": self.rules, "segments": self.segments, "meta": self.meta}
+
+
+def excess(f: Features, t: Thresholds) -> dict[str, np.ndarray]:
+    """Per rule, how far each annotation is beyond its bound (0 = within; NaN-safe)."""
+    out = {}
+    for rule, (kind, _) in RULES.items():
+        if rule == "segment_length" or rule not in t.rules:
+            continue
+        v, b = f.values[rule], t.rules[rule]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            e = (v - b) / abs(b) if kind == "upper" else (b - v) / abs(b)
+        out[rule] = np.nan_to_num(np.maximum(e, 0), nan=0.0)
+    seg = [np.nan_to_num(np.maximum(f.segments[s] / t.segments[s] - 1, 0), nan=0.0)
+           for s in f.segments if s in t.segments]
+    out["segment_length"] = np.max(seg, axis=0) if seg else np.zeros(len(next(iter(f.values.values()))))
+    return out
+
+
+def plausibility(ds: CocoKeypoints, thresholds: Thresholds | None = None) -> np.ndarray:
+    """[N] score in (0, 1]: 1 when every rule holds, falling with the total excess over the bounds."""
+    t = thresholds or Thresholds.load()
+    ex = excess(features(ds), t)
+    return np.exp(-np.sum(list(ex.values()), axis=0))
+
+
+def check(ds: CocoKeypoints, thresholds: Thresholds | None = None) -> Report:
+    """One finding per violated rule and annotation, each carrying the annotation's plausibility."""
+    t = thresholds or Thresholds.load()
+    f = features(ds)
+    ex = excess(f, t)
+    plaus = np.exp(-np.sum(list(ex.values()), axis=0))
+    report = Report(ds.source, stats={"images": len(ds.images), "annotations": len(ds),
+                                      "implausible_annotations": int((plaus < 1).sum())})
+    chain = [ds.skeleton.names[i] for i in ds.skeleton.spine_chain]
+    for rule, (kind, kps) in RULES.items():
+        bad = ex[rule] > 0
+        if not bad.any():
+            continue
+        if rule == "segment_length":
+            report.extend(_segment_findings(ds, f, t, bad, plaus))
+            continue
+        names = chain if kps == ("spine",) else [k for k in kps if k in ds.skeleton.names]
+        v, b = f.values[rule], t.rules[rule]
+        report.extend(findings_from_mask(
+            f"biomech_{rule}", "error", bad, ds.ann_ids, ds.image_ids,
+            lambda r, rule=rule, v=v, b=b, kind=kind: f"{rule.replace('_', ' ')} {v[r]:.3f} "
+                                                      f"{'above' if kind == 'upper' else 'below'} the bound {b:.3f}",
+            scores=plaus, keypoints=names, values={"value": v, "bound": np.full(len(v), b), "plausibility": plaus}))
+    return report
+
+
+def _segment_findings(ds: CocoKeypoints, f: Features, t: Thresholds, bad: np.ndarray,
+                      plaus: np.ndarray) -> list[Finding]:
+    names = [s for s in f.segments if s in t.segments]
+    mat = np.stack([f.segments[s] / t.segments[s] for s in names], 1)
+    worst = np.nanargmax(np.nan_to_num(mat, nan=-1), axis=1)
+    return findings_from_mask(
+        "biomech_segment_length", "error", bad, ds.ann_ids, ds.image_ids,
+        lambda r: f"segment {names[worst[r]]} is {mat[r, worst[r]]:.2f}x its longest plausible 2D length",
+        scores=plaus, keypoints=lambda r: names[worst[r]].split("-"),
+        values={"ratio_to_bound": np.nanmax(np.nan_to_num(mat, nan=0), axis=1), "plausibility": plaus})
+
