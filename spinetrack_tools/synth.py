@@ -13,13 +13,17 @@ which annotation got which, so ``flag`` can be scored for precision and recall.
 from __future__ import annotations
 
 import importlib.util
+import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from .biomech.model import KinematicModel, default_model, forward_kinematics, rot
 from .coco import empty_coco, from_dict
+from .io import atomic_write_bytes
+from .progress import progress
 from .skeleton import SPINETRACK37, Skeleton
 
 POSTURES = ("standing", "sitting", "bending", "lying", "inverted")
@@ -100,8 +104,8 @@ def random_cameras(n: int, rng: np.random.Generator) -> Camera:
 
 
 def project(points: np.ndarray, body_rot: np.ndarray, model: KinematicModel,
-            cam: Camera) -> tuple[np.ndarray, np.ndarray]:
-    """Image-plane coordinates [N, M, 2] (unscaled) and self-occlusion [N, M] of posed markers."""
+            cam: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image-plane coordinates [N, M, 2] (unscaled), depth [N, M] and self-occlusion [N, M] of markers."""
     rel = points - cam.position[:, None]
     pc = np.einsum("nij,nmj->nmi", cam.rotation, rel)
     uv = cam.focal[:, None, None] * pc[..., :2] / pc[..., 2:3]
@@ -109,7 +113,7 @@ def project(points: np.ndarray, body_rot: np.ndarray, model: KinematicModel,
     to_cam = -rel / np.linalg.norm(rel, axis=2, keepdims=True)
     facing = np.einsum("nmi,nmi->nm", normals, to_cam)
     occluded = facing < -0.3
-    return uv, occluded
+    return uv, pc[..., 2], occluded
 
 
 def posed_markers(model: KinematicModel, angles: np.ndarray, root: np.ndarray,
@@ -131,10 +135,12 @@ def posed_markers(model: KinematicModel, angles: np.ndarray, root: np.ndarray,
 
 def generate(num_images: int, seed: int = 0, persons_per_image: tuple[int, int] = (1, 3),
              model: KinematicModel | None = None, skeleton: Skeleton = SPINETRACK37,
-             postures: Sequence[str] = POSTURES, fk: str = "auto", spread: float = 0.45) -> dict[str, Any]:
-    """A COCO keypoint dict of ``num_images`` images (no pixels) with posed, projected persons.
+             postures: Sequence[str] = POSTURES, fk: str = "auto", spread: float = 0.45,
+             image_dir: Path | None = None) -> dict[str, Any]:
+    """A COCO keypoint dict of ``num_images`` images with posed, projected persons.
 
     Deterministic for a seed. Points outside the image get v=0 and x=y=0; self-occluded points v=1.
+    With ``image_dir``, the images are rendered there as JPEG files (see ``render``).
     """
     model = model or default_model()
     if model.marker_names != skeleton.names:
@@ -145,8 +151,10 @@ def generate(num_images: int, seed: int = 0, persons_per_image: tuple[int, int] 
     n = int(counts.sum())
     angles, root, postures_ = sample_poses(model, n, rng, postures, spread)
     pts, body_rot = posed_markers(model, angles, root, fk)
-    pts *= rng.uniform(1.5, 1.95, n)[:, None, None]  # stature in metres
-    uv, occluded = project(pts, body_rot, model, random_cameras(n, rng))
+    stature = rng.uniform(1.5, 1.95, n)
+    pts *= stature[:, None, None]  # metres
+    cams = random_cameras(n, rng)
+    uv, depth, occluded = project(pts, body_rot, model, cams)
 
     sizes = np.array([[640, 480], [480, 640], [800, 600], [1024, 768]])
     img_wh = sizes[rng.integers(0, len(sizes), num_images)]
@@ -169,6 +177,9 @@ def generate(num_images: int, seed: int = 0, persons_per_image: tuple[int, int] 
     xy = (uv - lo_uv[:, None]) * scale[:, None, None] + np.stack([x0, y0], 1)[:, None]
     inside = (xy[..., 0] >= 0) & (xy[..., 0] < W[:, None]) & (xy[..., 1] >= 0) & (xy[..., 1] < H[:, None])
     v = np.where(inside, np.where(occluded, 1, 2), 0)
+    if image_dir is not None:
+        px_per_m = scale * cams.focal / np.median(depth, axis=1)
+        _render_images(image_dir, img_wh, person_img, xy, depth, occluded, stature * px_per_m, skeleton, seed)
     xy[v == 0] = 0.0
 
     for i in range(num_images):
@@ -192,6 +203,25 @@ def generate(num_images: int, seed: int = 0, persons_per_image: tuple[int, int] 
             "posture": str(postures_[p]),
         })
     return coco
+
+
+def _render_images(image_dir: Path, img_wh: np.ndarray, person_img: np.ndarray, xy: np.ndarray,
+                   depth: np.ndarray, occluded: np.ndarray, stature_px: np.ndarray, sk: Skeleton,
+                   seed: int) -> None:
+    """Draw every image (background and people) and write it as a JPEG, atomically."""
+    from .render import Person, background, draw_people
+
+    image_dir.mkdir(parents=True, exist_ok=True)
+    chain = sk.spine_chain
+    for i, (w, h) in enumerate(progress(img_wh, total=len(img_wh), description="rendering images")):
+        rng = np.random.default_rng([seed, i])
+        im = background(int(w), int(h), rng)
+        people = [Person(xy[p], depth[p], bool((~occluded[p, chain]).mean() > 0.5), float(stature_px[p]))
+                  for p in np.flatnonzero(person_img == i)]
+        draw_people(im, people, sk, rng)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=90)
+        atomic_write_bytes(image_dir / f"{i + 1:012d}.jpg", buf.getvalue())
 
 
 def _box(pts: np.ndarray, width: float, height: float) -> list[float]:
