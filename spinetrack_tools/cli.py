@@ -229,7 +229,7 @@ def biomech() -> None:
 @biomech.command()
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Where to write the thresholds (default: the shipped opensim_models/thresholds.json).")
-@click.option("--images", "num_images", default=8000, show_default=True, type=click.IntRange(100),
+@click.option("--images", "num_images", default=20000, show_default=True, type=click.IntRange(100),
               help="Synthetic images of plausible poses (1-3 persons each).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--noise", default=0.01, show_default=True, type=click.FloatRange(0, 0.2),

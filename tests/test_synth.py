@@ -37,7 +37,7 @@ def test_forward_kinematics_keeps_segment_lengths():
     pts, _ = forward_kinematics(model, angles, root)
     rest, _ = forward_kinematics(model, np.zeros_like(angles[:1]), np.eye(3)[None])
     sk = SPINETRACK37
-    for a, b in [("left_knee", "left_ankle"), ("right_shoulder", "right_elbow"), ("spine_05", "neck")]:
+    for a, b in [("left_knee", "left_ankle"), ("right_shoulder", "right_elbow"), ("neck", "left_shoulder")]:
         i, j = sk.index(a), sk.index(b)
         d = np.linalg.norm(pts[:, i] - pts[:, j], axis=1)
         d0 = np.linalg.norm(rest[0, i] - rest[0, j])

@@ -98,7 +98,7 @@ def definition() -> KinematicModel:
     """
     # left-side limbs: name -> (parent, joint centre, ranges (flex about x, lat about z, rot about y))
     left_bodies = {
-        "upper_arm": ("thorax_upper", (0.115, 0.816, -0.01), ((-170, 50), (-20, 170), (-60, 90))),
+        "upper_arm": ("thorax_top", (0.115, 0.816, -0.01), ((-170, 50), (-20, 170), (-60, 90))),
         "forearm": ("upper_arm", (0.125, 0.643, -0.01), ((-145, 0), (-5, 5), (0, 0))),
         "thigh": ("pelvis", (0.05, 0.502, 0.0), ((-120, 20), (-30, 45), (-40, 45))),
         "shank": ("thigh", (0.055, 0.275, 0.01), ((0, 140), (0, 0), (-5, 5))),
@@ -106,22 +106,23 @@ def definition() -> KinematicModel:
     }
     # Ranges in degrees, positive = flexion / left bending / left rotation. Lumbar: Christophy 2012 whole-
     # lumbar ROM (flexion 70, extension 26, lateral 25, axial 45) spread over three joints with its
-    # per-level rhythm; thoracic: Edmondston 2011 (flexion 11.5, extension 8.7) split over two joints;
+    # per-level rhythm; thoracic: Edmondston 2011 (flexion 11.5, extension 8.7) split over three joints;
     # cervical: Vasavada, Li & Delp 1998 C2-T1 halves split over two joints, skull-C2 for the head.
     bodies: list[tuple[str, str | None, tuple, tuple]] = [
         ("pelvis", None, (0.0, 0.502, 0.0), ((0, 0), (0, 0), (0, 0))),
         ("lumbar5", "pelvis", (0.0, 0.536, -0.04), ((-3.25, 8.75), (-3.4, 3.4), (-9.4, 9.4))),
         ("lumbar3", "lumbar5", (0.0, 0.578, -0.045), ((-10.1, 27.2), (-10.7, 10.7), (-19.9, 19.9))),
         ("lumbar1", "lumbar3", (0.0, 0.616, -0.045), ((-12.6, 34.0), (-11.0, 11.0), (-15.8, 15.8))),
-        ("thorax_lower", "lumbar1", (0.0, 0.67, -0.045), ((-4.35, 5.75), (-10, 10), (-15, 15))),
-        ("thorax_upper", "thorax_lower", (0.0, 0.734, -0.045), ((-4.35, 5.75), (-10, 10), (-15, 15))),
-        ("neck_lower", "thorax_upper", (0.0, 0.848, -0.035), ((-20.5, 20.5), (-16.75, 16.75), (-13.75, 13.75))),
+        ("thorax_lower", "lumbar1", (0.0, 0.67, -0.045), ((-2.9, 3.83), (-7, 7), (-10, 10))),
+        ("thorax_upper", "thorax_lower", (0.0, 0.734, -0.045), ((-2.9, 3.83), (-7, 7), (-10, 10))),
+        ("thorax_top", "thorax_upper", (0.0, 0.807, -0.045), ((-2.9, 3.84), (-6, 6), (-10, 10))),
+        ("neck_lower", "thorax_top", (0.0, 0.848, -0.035), ((-20.5, 20.5), (-16.75, 16.75), (-13.75, 13.75))),
         ("neck_upper", "neck_lower", (0.0, 0.876, -0.025), ((-20.5, 20.5), (-16.75, 16.75), (-13.75, 13.75))),
         ("head", "neck_upper", (0.0, 0.905, -0.015), ((-20, 20), (-6.5, 6.5), (-38.5, 38.5))),
     ]
     for side, sign in (("left", 1), ("right", -1)):
         for name, (parent, joint, rom) in left_bodies.items():
-            parent_name = parent if parent in ("thorax_upper", "pelvis") else f"{side}_{parent}"
+            parent_name = parent if parent in ("thorax_top", "pelvis") else f"{side}_{parent}"
             j = joint if sign > 0 else _mirror(joint)
             # mirroring across the sagittal plane negates rotations about z and y
             r = rom if sign > 0 else (rom[0], (-rom[1][1], -rom[1][0]), (-rom[2][1], -rom[2][0]))
@@ -135,7 +136,7 @@ def definition() -> KinematicModel:
         "spine_03": ("lumbar1", (0.0, 0.67, -0.07), back),
         "spine_04": ("thorax_lower", (0.0, 0.734, -0.075), back),
         "spine_05": ("thorax_upper", (0.0, 0.807, -0.065), back),
-        "neck": ("thorax_upper", (0.0, 0.848, -0.045), none),
+        "neck": ("thorax_top", (0.0, 0.848, -0.045), none),
         "neck_02": ("neck_lower", (0.0, 0.876, -0.03), back),
         "neck_03": ("neck_upper", (0.0, 0.905, -0.02), back),
         "head": ("head", (0.0, 1.0, 0.0), none),
@@ -144,8 +145,8 @@ def definition() -> KinematicModel:
     paired = {  # marker -> (body, on the limb's own side, left position, normal)
         "eye": ("head", False, (0.032, 0.935, 0.075), front),
         "ear": ("head", False, (0.07, 0.92, 0.0), lat),
-        "shoulder": ("thorax_upper", False, (0.115, 0.816, -0.01), lat),
-        "clavicle": ("thorax_upper", False, (0.055, 0.83, 0.04), front),
+        "shoulder": ("thorax_top", False, (0.115, 0.816, -0.01), lat),
+        "clavicle": ("thorax_top", False, (0.055, 0.83, 0.04), front),
         "latissimus": ("thorax_lower", False, (0.09, 0.72, -0.06), back),
         "elbow": ("upper_arm", True, (0.125, 0.643, -0.01), lat),
         "wrist": ("forearm", True, (0.13, 0.502, 0.0), lat),

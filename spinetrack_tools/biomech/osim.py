@@ -14,8 +14,8 @@ import numpy as np
 from .model import AXES, OSIM_PATH, KinematicModel
 
 # de Leva (1996) mass fractions (male), used only to give every body a plausible mass and inertia
-_MASS_FRACTION = {"pelvis": 0.142, "lumbar5": 0.04, "lumbar3": 0.04, "lumbar1": 0.05, "thorax_lower": 0.08,
-                  "thorax_upper": 0.083, "neck_lower": 0.01, "neck_upper": 0.01, "head": 0.0494,
+_MASS_FRACTION = {"pelvis": 0.142, "lumbar5": 0.04, "lumbar3": 0.04, "lumbar1": 0.05, "thorax_lower": 0.06,
+                  "thorax_upper": 0.06, "thorax_top": 0.043, "neck_lower": 0.01, "neck_upper": 0.01, "head": 0.0494,
                   "upper_arm": 0.0271, "forearm": 0.0222, "thigh": 0.1416, "shank": 0.0433, "foot": 0.0137}
 _AXIS_VECTORS = {0: (1.0, 0.0, 0.0), 1: (0.0, 0.0, 1.0), 2: (0.0, 1.0, 0.0)}  # flex x, lat z, rot y
 

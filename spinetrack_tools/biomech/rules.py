@@ -79,29 +79,19 @@ def features(ds: CocoKeypoints) -> Features:
         if len(chain) >= 4:
             xy, ok = g.xy[:, chain], g.usable[:, chain]
             enough = ok.sum(1) >= 4
-            # compact the labelled chain points to the front of each row, keeping their order
-            order = np.argsort(~ok, axis=1, kind="stable")
-            pts = np.take_along_axis(xy, order[..., None], axis=1)
-            cnt = ok.sum(1)
-            idx = np.arange(len(chain))[None]
-            valid = idx < cnt[:, None]
+            pts, valid, cnt, order = _compact(xy, ok)
             rows = np.arange(n)
             first, last = pts[:, 0], pts[rows, np.maximum(cnt - 1, 0)]
             chord = last - first
             clen = np.linalg.norm(chord, axis=1)
             u = chord / clen[:, None]
             perp = np.stack([-u[:, 1], u[:, 0]], 1)
-            rel = pts - first[:, None]
-            along = np.einsum("nkd,nd->nk", rel, u) / g.torso[:, None]  # in torso lengths: a chain seen
-            across = np.einsum("nkd,nd->nk", rel, perp) / g.torso[:, None]  # end-on has a short chord
-            # order: each point must lie between its neighbours along their local chord (torso lengths)
-            local = pts[:, 2:] - pts[:, :-2]
-            lu = local / np.linalg.norm(local, axis=2, keepdims=True)
-            s1 = np.einsum("nkd,nkd->nk", pts[:, 1:-1] - pts[:, :-2], lu)
-            s2 = np.einsum("nkd,nkd->nk", pts[:, 2:] - pts[:, 1:-1], lu)
-            step = np.where(valid[:, 2:], np.fmin(s1, s2), np.nan) / g.torso[:, None]
-            judge = enough & (clen > 0.25 * g.torso)
-            vals["spine_order"] = np.where(judge, np.nanmin(step, axis=1), np.nan)
+            across = np.einsum("nkd,nd->nk", pts - first[:, None], perp) / g.torso[:, None]  # torso lengths:
+            judge = enough & (clen > 0.25 * g.torso)  # a chain seen end-on has a short chord
+            # order along the chain extended by the head top (C1 lies between C3/C4 and the head)
+            ext = chain + g.sk.indices(["head"])
+            vals["spine_order"] = np.where(judge, _order_step(*_compact(g.xy[:, ext], g.usable[:, ext])[:2],
+                                                              g.torso), np.nan)
             vals["spine_lateral"] = np.where(judge, np.nanmax(np.where(valid, np.abs(across), np.nan), axis=1), np.nan)
             sd = across[:, 2:] - 2 * across[:, 1:-1] + across[:, :-2]
             sd = np.where(valid[:, 2:], np.abs(sd), np.nan)
@@ -134,6 +124,24 @@ def features(ds: CocoKeypoints) -> Features:
             segs[name] = np.where(oa & ob, np.linalg.norm(pa - pb, axis=1) / (ref[name] * g.stature), np.nan)
         vals["lr_torso"], vals["lr_crossing"] = _left_right(g)
     return Features(vals, segs, worst)
+
+
+def _compact(xy: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Labelled points moved to the front of each row in chain order: points, valid mask, count, order."""
+    order = np.argsort(~ok, axis=1, kind="stable")
+    pts = np.take_along_axis(xy, order[..., None], axis=1)
+    cnt = ok.sum(1)
+    return pts, np.arange(xy.shape[1])[None] < cnt[:, None], cnt, order
+
+
+def _order_step(pts: np.ndarray, valid: np.ndarray, torso: np.ndarray) -> np.ndarray:
+    """Smallest step of a chain point towards its neighbours along their local chord, in torso lengths
+    (negative = the point lies outside its neighbours: out of order)."""
+    local = pts[:, 2:] - pts[:, :-2]
+    lu = local / np.linalg.norm(local, axis=2, keepdims=True)
+    s1 = np.einsum("nkd,nkd->nk", pts[:, 1:-1] - pts[:, :-2], lu)
+    s2 = np.einsum("nkd,nkd->nk", pts[:, 2:] - pts[:, 1:-1], lu)
+    return np.nanmin(np.where(valid[:, 2:], np.fmin(s1, s2), np.nan), axis=1) / torso
 
 
 def _left_right(g: BodyGeometry) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,168 @@
+"""The OpenSim model (real opensim), the calibrated fast rules, the deep fit and the CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from spinetrack_tools.biomech import rules
+from spinetrack_tools.biomech.calibrate import calibrate, plausible_sample
+from spinetrack_tools.biomech.fit import DEEP_SPINE_RESIDUAL, PoseFitter
+from spinetrack_tools.biomech.model import (KINEMATICS_PATH, OSIM_PATH, THRESHOLDS_PATH, default_model, definition,
+                                            forward_kinematics)
+from spinetrack_tools.coco import from_dict
+from spinetrack_tools.quality import BodyGeometry
+from spinetrack_tools.skeleton import SPINETRACK37
+
+from .conftest import write_json
+
+sys.path.insert(0, str(OSIM_PATH.parents[1] / "scripts"))
+from bench_biomech import corrupt_spines  # noqa: E402
+
+osim = pytest.importorskip("opensim")
+
+
+@pytest.fixture(scope="module")
+def osim_model():
+    from spinetrack_tools.biomech.osim import OsimModel
+
+    return OsimModel(OSIM_PATH)
+
+
+@pytest.mark.integration
+def test_model_loads_assembles_and_every_coordinate_has_a_range(osim_model):
+    assert osim_model.assembles()
+    ranges = osim_model.coordinate_ranges()
+    assert len(ranges) >= 40
+    assert all(lo < hi for lo, hi in ranges.values())
+    assert [m.getName() for m in osim_model.markers] == list(SPINETRACK37.names)
+    # each of the 9 spine points sits on its own body
+    bodies = [osim_model.markers[i].getParentFrame().findBaseFrame().getName() for i in SPINETRACK37.spine_chain]
+    assert len(set(bodies)) == 9, bodies
+
+
+@pytest.mark.integration
+def test_numpy_kinematics_equal_opensim(osim_model):
+    model = default_model()
+    rng = np.random.default_rng(0)
+    angles = rng.uniform(model.ranges[..., 0], model.ranges[..., 1], size=(40,) + model.ranges.shape[:2])
+    p_osim, r_osim = osim_model.forward_kinematics(model, angles)
+    p_np, r_np = forward_kinematics(model, angles)
+    assert np.abs(p_osim - p_np).max() < 1e-9
+    assert np.abs(r_osim - r_np).max() < 1e-9
+
+
+@pytest.mark.integration
+def test_shipped_model_is_the_build_scripts_output(tmp_path):
+    r = subprocess.run([sys.executable, str(OSIM_PATH.parents[1] / "scripts" / "build_opensim_model.py"),
+                        "--osim", str(tmp_path / "m.osim"), "--kinematics", str(tmp_path / "k.json")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "k.json").read_text()) == json.loads(KINEMATICS_PATH.read_text())
+    d = definition()
+    m = default_model()
+    assert np.allclose(m.markers, d.markers) and np.allclose(m.ranges, d.ranges)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_shipped_thresholds_are_the_calibration_output():
+    shipped = rules.Thresholds.load()
+    meta = shipped.meta
+    t = calibrate(meta["n_images"], seed=meta["seed"], noise=meta["noise_torso_fraction"],
+                  target_rate=meta["target_rate"])
+    assert t.rules == pytest.approx(shipped.rules, rel=1e-9)
+    assert t.segments == pytest.approx(shipped.segments, rel=1e-9)
+    assert meta["model_sha256"] == t.meta["model_sha256"]
+
+
+@pytest.fixture(scope="module")
+def plausible():
+    return plausible_sample(700, seed=4242, noise=0.01, fk="numpy")
+
+
+def test_plausible_poses_rarely_fail(plausible):
+    ds, f = plausible
+    ex = rules.excess(f, rules.Thresholds.load())
+    flagged = np.sum(list(ex.values()), axis=0) > 0
+    assert flagged.mean() < 0.02
+    post = np.array([a["posture"] for a in ds.raw["annotations"]])
+    for p in ("lying", "inverted"):
+        assert flagged[post == p].mean() < 0.04, p
+
+
+@pytest.mark.parametrize("kind", ["order", "bend", "displace"])
+def test_corrupted_spines_are_caught(kind):
+    ds, _ = plausible_sample(300, seed={"order": 1, "bend": 2, "displace": 3}[kind], noise=0.01, fk="numpy")
+    applies = corrupt_spines(ds, kind, np.random.default_rng(5))
+    plaus = rules.plausibility(ds)
+    assert (plaus[applies] < 1).mean() >= 0.93
+
+
+def test_findings_name_rules_keypoints_and_plausibility(plausible):
+    ds, _ = plausible
+    ds = copy.deepcopy(ds)
+    chain = SPINETRACK37.spine_chain
+    ds.keypoints[0, [chain[2], chain[5]], :2] = ds.keypoints[0, [chain[5], chain[2]], :2]
+    ds.keypoints[0, :, 2] = np.maximum(ds.keypoints[0, :, 2], 1)
+    report = rules.check(ds)
+    mine = [f for f in report.findings if f.annotation_id == int(ds.ann_ids[0])]
+    assert any(f.check == "biomech_spine_order" for f in mine)
+    f = next(f for f in mine if f.check == "biomech_spine_order")
+    assert f.keypoints == [SPINETRACK37.names[i] for i in chain]
+    assert 0 < f.score < 1 and f.values["plausibility"] == f.score
+
+
+def test_deep_fit_separates_plausible_from_bent(plausible):
+    ds, _ = plausible
+    fitter = PoseFitter()
+    g = BodyGeometry(ds)
+    chain = SPINETRACK37.spine_chain
+    full = np.flatnonzero((ds.keypoints[:, chain, 2] > 0).all(axis=1))[:3]
+    for r in full:
+        res = fitter.fit(ds.keypoints[r], float(g.stature[r]))
+        assert np.nanmax(res.residuals[chain]) < DEEP_SPINE_RESIDUAL
+    bent = copy.deepcopy(ds)
+    corrupt_spines(bent, "bend", np.random.default_rng(1))
+    res = fitter.fit(bent.keypoints[full[0]], float(g.stature[full[0]]))
+    assert np.nanmax(res.residuals[chain]) > DEEP_SPINE_RESIDUAL
+    assert set(res.coordinates) == {n for _, _, n in default_model().coordinate_names()}
+
+
+def test_cli_validate_biomech(tmp_path, plausible):
+    ds, _ = plausible
+    data = copy.deepcopy(ds.raw)
+    data["annotations"] = data["annotations"][:40]
+    good = from_dict(data)
+    keep = np.flatnonzero(rules.plausibility(good) == 1)
+    data["annotations"] = [data["annotations"][i] for i in keep[:10]]
+    path = write_json(tmp_path / "ok.json", data)
+    r = subprocess.run([sys.executable, "-m", "spinetrack_tools", "validate-biomech", str(path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    kp = np.array(data["annotations"][0]["keypoints"], dtype=float).reshape(-1, 3)
+    chain = SPINETRACK37.spine_chain
+    kp[[chain[1], chain[4]], :2] = kp[[chain[4], chain[1]], :2]
+    data["annotations"][0]["keypoints"] = kp.ravel().tolist()
+    bad = write_json(tmp_path / "bad.json", data)
+    r = subprocess.run([sys.executable, "-m", "spinetrack_tools", "validate-biomech", str(bad), "--deep", "--json",
+                        "--report", str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr
+    out = json.loads(r.stdout)
+    checks = {f["check"] for f in out["findings"] if f["annotation_id"] == data["annotations"][0]["id"]}
+    assert "biomech_spine_order" in checks and "biomech_deep_fit" in checks
+    assert json.loads((tmp_path / "r.json").read_text()) == out
+    r = subprocess.run([sys.executable, "-m", "spinetrack_tools", "validate-biomech", str(bad), "--thresholds",
+                        str(tmp_path / "missing.json")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_thresholds_file_is_complete():
+    t = json.loads(THRESHOLDS_PATH.read_text())
+    assert set(t["rules"]) == {r for r in rules.RULES if r != "segment_length"}
+    assert t["meta"]["fk"] == "opensim" and t["meta"]["flag_rate_on_calibration_set"] <= 0.011
