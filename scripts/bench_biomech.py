@@ -15,44 +15,19 @@ Prints, measured in one run:
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
 from spinetrack_tools.biomech import rules
-from spinetrack_tools.biomech.calibrate import plausible_sample
-from spinetrack_tools.coco import CocoKeypoints
+from spinetrack_tools.biomech.calibrate import corrupt_spines, plausible_sample
+from spinetrack_tools.coco import save_coco
 from spinetrack_tools.quality import BodyGeometry
-
-TORSO_3D = 0.314  # mid-hip to mid-shoulder in the model, fraction of stature
-
-
-def corrupt_spines(ds: CocoKeypoints, kind: str, rng: np.random.Generator) -> np.ndarray:
-    """Corrupt every annotation's spine chain in place; returns the mask of annotations it applied to."""
-    chain = np.array(ds.skeleton.spine_chain)
-    kp = ds.keypoints
-    ok = (kp[:, chain, 2] > 0).all(axis=1)
-    torso = BodyGeometry(ds).stature * TORSO_3D
-    n = len(ds)
-    mag = rng.uniform(0.2, 0.4, n) * torso
-    ang = rng.uniform(0, 2 * np.pi, n)
-    direction = np.stack([np.cos(ang), np.sin(ang)], 1)
-    rows = np.arange(n)
-    if kind == "order":
-        i = rng.integers(0, len(chain) - 1, n)
-        j = np.minimum(i + rng.integers(1, 3, n), len(chain) - 1)
-        a, b = chain[i], chain[j]
-        pa, pb = kp[rows, a, :2].copy(), kp[rows, b, :2].copy()
-        kp[rows, a, :2], kp[rows, b, :2] = pb, pa
-    elif kind == "bend":
-        i = chain[rng.integers(1, len(chain) - 1, n)]
-        seg = kp[rows, chain[-1], :2] - kp[rows, chain[0], :2]
-        perp = np.stack([-seg[:, 1], seg[:, 0]], 1) / np.maximum(np.linalg.norm(seg, axis=1, keepdims=True), 1e-9)
-        kp[rows, i, :2] += perp * (mag * rng.choice([-1, 1], n))[:, None]
-    elif kind == "displace":
-        kp[:, chain, :2] += (direction * mag[:, None])[:, None]
-    return ok
 
 
 def main() -> None:
@@ -82,12 +57,44 @@ def main() -> None:
         hit = np.sum(list(exb.values()), axis=0) > 0
         print(f"detected {kind:8s} {hit[applies].mean():6.2%} of {int(applies.sum())} (target >= 95%)")
 
+    # the deep fit, on plausible and on bent annotations
+    from spinetrack_tools.biomech.fit import DEEP_SPINE_RESIDUAL, PoseFitter
+
+    fitter = PoseFitter()
+    chain = ds.skeleton.spine_chain
+    for label, sample in (("plausible", ds), ("bent", None)):
+        if sample is None:
+            sample, _ = plausible_sample(args.deep, args.seed + 11, noise=0.01)
+            corrupt_spines(sample, "bend", rng)
+        g = BodyGeometry(sample)
+        rows = np.flatnonzero((sample.keypoints[:, chain, 2] > 0).all(axis=1))[:args.deep]
+        t0 = time.perf_counter()
+        res = [fitter.fit(sample.keypoints[r], float(g.stature[r])) for r in rows]
+        per = (time.perf_counter() - t0) / max(len(rows), 1)
+        spine = np.array([np.nanmax(x.residuals[chain]) for x in res])
+        print(f"deep fit, {label:9s}: {per:.2f} s per annotation; spine residual median {np.median(spine):.3f}, "
+              f"max {spine.max():.3f} torso lengths; above the bound {DEEP_SPINE_RESIDUAL}: "
+              f"{(spine > DEEP_SPINE_RESIDUAL).mean():.0%} of {len(rows)}")
+
     # speed on ~60k annotations
     big, _ = plausible_sample(args.speed_annotations // 2, args.seed + 9, noise=0.01, fk="numpy")
     t0 = time.perf_counter()
     rules.check(big, t)
     dt = time.perf_counter() - t0
     print(f"fast path: {len(big)} annotations in {dt:.2f} s ({len(big) / dt:,.0f}/s; target 60k in < 30 s)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.json"
+        save_coco(path, big.raw)
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "spinetrack_tools", "validate-biomech", str(path), "--report",
+                            str(Path(tmp) / "r.json")], capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", f"from pycocotools.coco import COCO; COCO({str(path)!r})"],
+                       capture_output=True, check=True)
+        ref = time.perf_counter() - t0
+    print(f"`spinetrack validate-biomech FILE` on those annotations: {wall:.2f} s end to end (exit "
+          f"{r.returncode}), next to {ref:.2f} s for pycocotools to load the same file")
 
 
 if __name__ == "__main__":

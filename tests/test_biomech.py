@@ -11,18 +11,21 @@ import numpy as np
 import pytest
 
 from spinetrack_tools.biomech import rules
-from spinetrack_tools.biomech.calibrate import calibrate, plausible_sample
+from spinetrack_tools.biomech.calibrate import calibrate, corrupt_spines, plausible_sample
 from spinetrack_tools.biomech.fit import DEEP_SPINE_RESIDUAL, PoseFitter
-from spinetrack_tools.biomech.model import (KINEMATICS_PATH, OSIM_PATH, THRESHOLDS_PATH, default_model, definition,
-                                            forward_kinematics)
+from spinetrack_tools.biomech.model import (
+    KINEMATICS_PATH,
+    OSIM_PATH,
+    THRESHOLDS_PATH,
+    default_model,
+    definition,
+    forward_kinematics,
+)
 from spinetrack_tools.coco import from_dict
 from spinetrack_tools.quality import BodyGeometry
 from spinetrack_tools.skeleton import SPINETRACK37
 
 from .conftest import write_json
-
-sys.path.insert(0, str(OSIM_PATH.parents[1] / "scripts"))
-from bench_biomech import corrupt_spines  # noqa: E402
 
 osim = pytest.importorskip("opensim")
 

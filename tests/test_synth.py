@@ -52,3 +52,41 @@ def test_inverted_postures_are_upside_down():
     both = (ds.keypoints[:, head, 2] > 0) & (ds.keypoints[:, ankle, 2] > 0)
     below = ds.keypoints[both, head, 1] > ds.keypoints[both, ankle, 1]  # image y grows downwards
     assert below.mean() > 0.8
+
+
+def test_rendered_images_are_deterministic_and_valid(tmp_path):
+    from PIL import Image
+
+    from spinetrack_tools.validate import validate_file
+
+    a = synth.generate(6, seed=11, image_dir=tmp_path / "a", fk="numpy")
+    b = synth.generate(6, seed=11, image_dir=tmp_path / "b", fk="numpy")
+    assert a == b
+    for im in a["images"]:
+        assert (tmp_path / "a" / im["file_name"]).read_bytes() == (tmp_path / "b" / im["file_name"]).read_bytes()
+        with Image.open(tmp_path / "a" / im["file_name"]) as f:
+            assert f.size == (im["width"], im["height"]) and f.format == "JPEG"
+    import json
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    assert validate_file(tmp_path / "a.json", images_dir=tmp_path / "a").findings == []
+
+
+def test_the_spine_is_visible_where_the_back_faces_the_camera(tmp_path):
+    """Vertebral marks (light dots on a dark back line) sit on the spine keypoints of people seen from behind."""
+    from PIL import Image
+
+    data = synth.generate(40, seed=5, persons_per_image=(1, 1), postures=["standing"], image_dir=tmp_path,
+                          fk="numpy")
+    chain = SPINETRACK37.spine_chain
+    bright, total = 0, 0
+    for ann in data["annotations"]:
+        kp = np.array(ann["keypoints"], dtype=float).reshape(-1, 3)
+        if not (kp[chain, 2] == 2).all():
+            continue  # the back is not towards the camera
+        with Image.open(tmp_path / f"{ann['image_id']:012d}.jpg") as im:
+            px = np.asarray(im.convert("L"), dtype=float)
+        for x, y, _ in kp[chain]:
+            total += 1
+            bright += px[int(round(y)), int(round(x))] > 190
+    assert total >= 45
+    assert bright / total > 0.6

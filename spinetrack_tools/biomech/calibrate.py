@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from .. import synth
-from ..coco import from_dict
+from ..coco import CocoKeypoints, from_dict
 from ..quality import BodyGeometry
+from .fit import TORSO_3D
 from .model import OSIM_PATH
 from .rules import RULES, Features, Thresholds, features
-
 
 SEGMENT_TAIL_DIVISOR = 4
 
@@ -85,3 +85,30 @@ def calibrate(n_images: int = 20000, seed: int = 0, noise: float = 0.01, target_
         "model_sha256": hashlib.sha256(OSIM_PATH.read_bytes()).hexdigest(),
     }
     return t
+
+
+def corrupt_spines(ds: CocoKeypoints, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """Corrupt every annotation's spine chain in place; returns the mask of annotations it applied to."""
+    chain = np.array(ds.skeleton.spine_chain)
+    kp = ds.keypoints
+    ok = (kp[:, chain, 2] > 0).all(axis=1)
+    torso = BodyGeometry(ds).stature * TORSO_3D
+    n = len(ds)
+    mag = rng.uniform(0.2, 0.4, n) * torso
+    ang = rng.uniform(0, 2 * np.pi, n)
+    direction = np.stack([np.cos(ang), np.sin(ang)], 1)
+    rows = np.arange(n)
+    if kind == "order":
+        i = rng.integers(0, len(chain) - 1, n)
+        j = np.minimum(i + rng.integers(1, 3, n), len(chain) - 1)
+        a, b = chain[i], chain[j]
+        pa, pb = kp[rows, a, :2].copy(), kp[rows, b, :2].copy()
+        kp[rows, a, :2], kp[rows, b, :2] = pb, pa
+    elif kind == "bend":
+        i = chain[rng.integers(1, len(chain) - 1, n)]
+        seg = kp[rows, chain[-1], :2] - kp[rows, chain[0], :2]
+        perp = np.stack([-seg[:, 1], seg[:, 0]], 1) / np.maximum(np.linalg.norm(seg, axis=1, keepdims=True), 1e-9)
+        kp[rows, i, :2] += perp * (mag * rng.choice([-1, 1], n))[:, None]
+    elif kind == "displace":
+        kp[:, chain, :2] += (direction * mag[:, None])[:, None]
+    return ok
