@@ -1,0 +1,1 @@
+"""Top-down pose models in ONNX: crops, SimCC and heatmap decoding, batching, detectors."""

@@ -1,0 +1,177 @@
+"""Batch pre-annotation: person boxes (from a COCO file or a detector) -> keypoints, as COCO results.
+
+Images are read (BGR, as ``cv2.imread``) and cropped in a background thread while the main thread runs
+the network, so decoding and cropping overlap inference; crops of several images share a batch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+
+from ..coco import CocoKeypoints
+from ..io import MISSING_ID, InputError, save_json
+from ..progress import progress
+from . import transforms as T
+from .model import Detector, PoseModel
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class Predictions:
+    """Per-person predictions: keypoints [N, K, 2] in image pixels, raw confidences [N, K], instance scores."""
+
+    image_ids: np.ndarray  # [N]
+    category_ids: np.ndarray  # [N]
+    source_ids: np.ndarray  # [N] the annotation whose box was used, MISSING_ID for detector boxes
+    boxes: np.ndarray  # [N, 4] xywh
+    keypoints: np.ndarray  # [N, K, 2]
+    confidences: np.ndarray  # [N, K] raw model confidences (SimCC maxima or heatmap peaks)
+    scores: np.ndarray  # [N] box score x mean of the confidences above 0.2 (the authors' instance score)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def keypoint_triplets(self) -> np.ndarray:
+        """[N, K, 3]: x, y, confidence."""
+        return np.concatenate([self.keypoints, self.confidences[..., None]], axis=2)
+
+    def to_results(self) -> list[dict[str, Any]]:
+        """COCO keypoint results: image_id, category_id, keypoints (x, y, confidence), score, plus the
+        source annotation id and the person box used."""
+        trip = self.keypoint_triplets().reshape(len(self), -1).tolist()
+        out = []
+        for i in range(len(self)):
+            r: dict[str, Any] = {"image_id": int(self.image_ids[i]), "category_id": int(self.category_ids[i]),
+                                 "keypoints": trip[i], "score": float(self.scores[i]),
+                                 "person_box": self.boxes[i].tolist()}
+            if self.source_ids[i] != MISSING_ID:
+                r["annotation_id"] = int(self.source_ids[i])
+            out.append(r)
+        return out
+
+    def save(self, path: str | Path) -> None:
+        save_json(path, self.to_results())
+
+
+def instance_scores(confidences: np.ndarray, box_scores: np.ndarray, thr: float = 0.2) -> np.ndarray:
+    """The SpineTrack metric's instance score: box score x mean of the keypoint scores above ``thr``."""
+    above = confidences > thr
+    n = above.sum(axis=1)
+    mean = np.where(n > 0, (confidences * above).sum(axis=1) / np.maximum(n, 1), 0.0)
+    return box_scores * mean
+
+
+@dataclass
+class _Job:
+    image_id: int
+    category_ids: np.ndarray
+    source_ids: np.ndarray
+    boxes: np.ndarray
+    box_scores: np.ndarray
+
+
+def jobs_from_coco(ds: CocoKeypoints, images_dir: Path) -> list[tuple[Path, _Job]]:
+    """One job per image of a COCO file that has non-crowd boxes (with their annotation ids)."""
+    ok = np.isfinite(ds.boxes).all(axis=1) & (ds.boxes[:, 2] > 0) & (ds.boxes[:, 3] > 0) & (ds.iscrowd != 1)
+    names = dict(zip(ds.images["id"].tolist(), ds.images["file_name"].tolist()))
+    out = []
+    order = np.argsort(ds.image_ids, kind="stable")
+    order = order[ok[order]]
+    if len(order) == 0:
+        return out
+    splits = np.flatnonzero(np.diff(ds.image_ids[order])) + 1
+    for rows in np.split(order, splits):
+        iid = int(ds.image_ids[rows[0]])
+        if iid not in names:
+            raise InputError(ds.source, f"annotation {int(ds.ann_ids[rows[0]])} refers to image {iid}, "
+                                        "which is not in 'images'")
+        out.append((images_dir / str(names[iid]), _Job(iid, ds.category_ids[rows], ds.ann_ids[rows],
+                                                        ds.boxes[rows], np.ones(len(rows)))))
+    return out
+
+
+def jobs_from_folder(images_dir: Path) -> list[tuple[Path, _Job | None]]:
+    """Every image in a folder; ids from numeric file names, else the position in sorted order."""
+    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(images_dir, "no images (.jpg, .png, ...) in this folder")
+    return [(p, _Job(int(p.stem) if p.stem.isdigit() else i + 1, np.zeros(0, int), np.zeros(0, int),
+                     np.zeros((0, 4)), np.zeros(0))) for i, p in enumerate(files)]
+
+
+def _read(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise InputError(path, "missing or unreadable image")
+    return img
+
+
+def _produce(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector | None, rgb: bool,
+             out: "queue.Queue[Any]") -> None:
+    """Background thread: read, detect, crop and normalise each image; put (job, input, centre, scale)."""
+    try:
+        for path, job in progress(jobs, total=len(jobs), description="predicting"):
+            img = _read(path)
+            if detector is not None:
+                boxes, scores = detector(img)
+                job = _Job(job.image_id, np.ones(len(boxes), int), np.full(len(boxes), MISSING_ID), boxes, scores)
+            center, scale = T.box_center_scale(job.boxes, model.input_wh)
+            crops = np.stack([T.crop(img, c, s, model.input_wh) for c, s in zip(center, scale)]) if len(center) \
+                else np.zeros((0, model.input_wh[1], model.input_wh[0], 3), np.uint8)
+            out.put((job, T.normalize(crops, rgb, model.layout), center, scale))
+    except BaseException as e:  # surface in the main thread
+        out.put(e)
+    out.put(None)
+
+
+def _batches(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector | None, rgb: bool,
+             batch_size: int, prefetch: int) -> Iterator[tuple[list[_Job], list[int], np.ndarray, np.ndarray,
+                                                                  np.ndarray]]:
+    q: "queue.Queue[Any]" = queue.Queue(maxsize=prefetch)
+    worker = threading.Thread(target=_produce, args=(jobs, model, detector, rgb, q), daemon=True)
+    worker.start()
+    pending: list[tuple[_Job, np.ndarray, np.ndarray, np.ndarray]] = []
+    size = 0
+    while True:
+        item = q.get()
+        if isinstance(item, BaseException):
+            raise item
+        if item is not None:
+            pending.append(item)
+            size += len(item[1])
+        if pending and (size >= batch_size or item is None):
+            yield ([p[0] for p in pending], [len(p[1]) for p in pending], np.concatenate([p[1] for p in pending]),
+                   np.concatenate([p[2] for p in pending]), np.concatenate([p[3] for p in pending]))
+            pending, size = [], 0
+        if item is None:
+            return
+
+
+def predict(model: PoseModel, jobs: list[tuple[Path, _Job]], detector: Detector | None = None,
+            batch_size: int = 16, rgb: bool = False, score_mode: str = "mean", prefetch: int = 8) -> Predictions:
+    """Run ``model`` on every job's boxes (or the detector's) and return the predictions in job order."""
+    parts: list[tuple] = []
+    for batch_jobs, counts, x, center, scale in _batches(jobs, model, detector, rgb, batch_size, prefetch):
+        if len(x):
+            kp, conf = model.decode(model.run(x), center, scale, score_mode)
+        else:
+            kp, conf = np.zeros((0, model.num_keypoints, 2)), np.zeros((0, model.num_keypoints))
+        start = 0
+        for job, c in zip(batch_jobs, counts):
+            sl = slice(start, start + c)
+            parts.append((np.full(c, job.image_id), job.category_ids, job.source_ids, job.boxes, kp[sl], conf[sl],
+                          job.box_scores))
+            start += c
+    k = model.num_keypoints
+    cat = (lambda i, shape: np.concatenate([p[i] for p in parts]) if parts else np.zeros(shape))
+    conf = cat(5, (0, k))
+    return Predictions(cat(0, (0,)).astype(np.int64), cat(1, (0,)).astype(np.int64), cat(2, (0,)).astype(np.int64),
+                       cat(3, (0, 4)), cat(4, (0, k, 2)), conf, instance_scores(conf, cat(6, (0,))))
