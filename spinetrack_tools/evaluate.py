@@ -7,9 +7,10 @@ the group are ignored), keep the person's full ``area``, maxDets 20, OKS thresho
 ranges all / medium / large. Detections whose keypoint scores are all <= 0 are dropped, as xtcocotools
 (the authors' evaluator) does; pass ``drop_unscored=False`` for pycocotools' behaviour.
 
-Everything pycocotools does per pair or per image in Python is done here on flat arrays: the OKS of all
-(detection, ground truth) pairs of all images at once, and the greedy matching one detection rank at a
-time for all images, thresholds and area ranges together.
+Everything pycocotools does per pair or per image in Python is done here on flat arrays: the OKS terms
+of all (detection, ground truth) pairs of all images at once (shared by the groups), and the greedy
+matching one detection rank at a time for all images, thresholds and area ranges together, on the
+pairs whose OKS reaches the lowest threshold.
 """
 
 from __future__ import annotations
@@ -97,177 +98,157 @@ def evaluate(gt: GroundTruth, dt: Detections, skeleton: Skeleton = SPINETRACK37,
     missing = np.setdiff1d(dt.image_ids, gt.all_image_ids)
     if len(missing):
         raise ValueError(f"predictions for images that are not in the ground truth, e.g. {missing[:3].tolist()}")
+    images = np.unique(gt.all_image_ids)
+    g_img = np.searchsorted(images, gt.image_ids)
+    d_img = np.searchsorted(images, dt.image_ids)
+    pd_, pg = _same_image_pairs(d_img, dt.category_ids, g_img, gt.category_ids)
+    # per pair and keypoint, exp(-e) of the labelled GT points (shared by all groups); pairs whose GT has
+    # no labelled point in some group also get pycocotools' box-distance terms
+    vis_all = gt.keypoints[..., 2] > 0
+    idxs = {g: np.array(skeleton.groups[g]) for g in groups}
+    unlabelled = np.zeros(len(gt.image_ids), dtype=bool)
+    for idx in idxs.values():
+        unlabelled |= ~vis_all[:, idx].any(axis=1)
+    need_box = unlabelled[pg]
+    near = _pair_terms(dt.keypoints[pd_], gt.keypoints[pg], gt.areas[pg], skeleton.sigmas) * vis_all[pg]
+    box = _box_terms(dt.keypoints[pd_[need_box]], gt.boxes[pg[need_box]], gt.areas[pg[need_box]],
+                     skeleton.sigmas)
     out = {}
-    for g in groups:
-        idx = np.array(skeleton.groups[g])
-        keep = np.ones(len(dt.scores), dtype=bool)
-        if drop_unscored:
-            keep = (dt.keypoints[:, idx, 2] > 0).any(axis=1)
-        out[g] = evaluate_keypoints(gt.image_ids, gt.category_ids, gt.keypoints[:, idx], gt.boxes, gt.areas,
-                                    gt.iscrowd, dt.image_ids[keep], dt.category_ids[keep],
-                                    dt.keypoints[keep][:, idx], dt.scores[keep],
-                                    None if dt.boxes is None else dt.boxes[keep], skeleton.sigmas[idx],
-                                    gt.all_image_ids)
+    for g, idx in idxs.items():
+        k1_gt = vis_all[:, idx].sum(axis=1)
+        k1 = k1_gt[pg]
+        pair_oks = near[:, idx].sum(axis=1) / np.maximum(k1, 1)
+        nb = k1[need_box] == 0
+        pair_oks[np.flatnonzero(need_box)[nb]] = box[nb][:, idx].sum(axis=1) / len(idx)
+        keep = (dt.keypoints[:, idx, 2] > 0).any(axis=1) if drop_unscored else np.ones(len(dt.scores), bool)
+        if dt.boxes is not None:  # detection areas as pycocotools' loadRes computes them
+            d_area = dt.boxes[:, 2] * dt.boxes[:, 3]
+        elif len(dt.scores):
+            x, y = dt.keypoints[:, idx, 0], dt.keypoints[:, idx, 1]
+            d_area = (x.max(1) - x.min(1)) * (y.max(1) - y.min(1))
+        else:
+            d_area = np.zeros(0)
+        g_ignore = gt.iscrowd | (k1_gt == 0)  # num_keypoints recomputed for the group
+        per_cat = []
+        for c in np.unique(gt.category_ids):
+            per_cat.append(_evaluate_category(
+                g_img, gt.category_ids == c, gt.areas, gt.iscrowd, g_ignore, d_img,
+                (dt.category_ids == c) & keep, dt.scores, d_area, pd_, pg, pair_oks, len(images)))
+        precision = np.stack([p for p, _ in per_cat], axis=2) if per_cat else -np.ones((10, 101, 0, 3))
+        recall = np.stack([r for _, r in per_cat], axis=1) if per_cat else -np.ones((10, 0, 3))
+        out[g] = _summarize(precision, recall)
     return out
 
 
-def evaluate_keypoints(g_img: np.ndarray, g_cat: np.ndarray, g_kp: np.ndarray, g_box: np.ndarray,
-                       g_area: np.ndarray, g_crowd: np.ndarray, d_img: np.ndarray, d_cat: np.ndarray,
-                       d_kp: np.ndarray, d_score: np.ndarray, d_box: np.ndarray | None, sigmas: np.ndarray,
-                       all_images: np.ndarray) -> dict[str, float]:
-    """The ten COCO keypoint figures for one keypoint set (pycocotools semantics)."""
-    # ground-truth ignore: crowd, or no labelled point in this keypoint set (num_keypoints recomputed)
-    g_ignore = g_crowd | ((g_kp[..., 2] > 0).sum(axis=1) == 0)
-    # detection areas as pycocotools' loadRes computes them: bbox w*h, else the keypoint extent
-    if d_box is not None:
-        d_area = d_box[:, 2] * d_box[:, 3]
-    elif len(d_kp):
-        x, y = d_kp[..., 0], d_kp[..., 1]
-        d_area = (x.max(1) - x.min(1)) * (y.max(1) - y.min(1))
-    else:
-        d_area = np.zeros(0)
-    cats = np.unique(g_cat)
+def _same_image_pairs(d_img: np.ndarray, d_cat: np.ndarray, g_img: np.ndarray,
+                      g_cat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All (detection, ground truth) index pairs of the same image and category."""
+    base = np.int64(max(g_cat.max(initial=0), d_cat.max(initial=0)) + 1)
+    g_key = g_img.astype(np.int64) * base + g_cat
+    d_key = d_img.astype(np.int64) * base + d_cat
+    g_order = np.argsort(g_key, kind="stable")
+    lo = np.searchsorted(g_key[g_order], d_key, side="left")
+    counts = np.searchsorted(g_key[g_order], d_key, side="right") - lo
+    pd_ = np.repeat(np.arange(len(d_img)), counts)
+    offs = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return pd_, g_order[np.repeat(lo, counts) + offs]
+
+
+def _pair_terms(d: np.ndarray, g: np.ndarray, g_area: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """exp(-e) per pair and keypoint: e = d^2 / (2 s^2 (2 sigma)^2), as pycocotools computes it."""
+    dx = d[..., 0] - g[..., 0]
+    dy = d[..., 1] - g[..., 1]
+    return np.exp(-((dx ** 2 + dy ** 2) / ((sigmas * 2) ** 2) / (g_area[:, None] + np.spacing(1)) / 2))
+
+
+def _box_terms(d: np.ndarray, g_box: np.ndarray, g_area: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """exp(-e) from the distance to the GT box grown by its size on every side (pycocotools' rule for a
+    GT with no labelled point)."""
+    x0 = (g_box[:, 0] - g_box[:, 2])[:, None]
+    x1 = (g_box[:, 0] + g_box[:, 2] * 2)[:, None]
+    y0 = (g_box[:, 1] - g_box[:, 3])[:, None]
+    y1 = (g_box[:, 1] + g_box[:, 3] * 2)[:, None]
+    z = np.zeros(d.shape[:2])
+    bx = np.maximum(z, x0 - d[..., 0]) + np.maximum(z, d[..., 0] - x1)
+    by = np.maximum(z, y0 - d[..., 1]) + np.maximum(z, d[..., 1] - y1)
+    return np.exp(-((bx ** 2 + by ** 2) / ((sigmas * 2) ** 2) / (g_area[:, None] + np.spacing(1)) / 2))
+
+
+def _evaluate_category(g_img, g_sel, g_area, g_crowd, g_ignore, d_img, d_sel, d_score, d_area, pd_, pg,
+                       pair_oks, n_img) -> tuple[np.ndarray, np.ndarray]:
+    """Precision [T, R, A] and recall [T, A] of one category (pycocotools' evaluateImg + accumulate)."""
     T, A, R = len(IOU_THRS), len(AREA_RNGS), len(REC_THRS)
-    precision = -np.ones((T, R, len(cats), A))
-    recall = -np.ones((T, len(cats), A))
-    for ci, c in enumerate(cats):
-        gsel, dsel = g_cat == c, d_cat == c
-        res = _evaluate_category(g_img[gsel], g_kp[gsel], g_box[gsel], g_area[gsel], g_crowd[gsel],
-                                 g_ignore[gsel], d_img[dsel], d_kp[dsel], d_score[dsel], d_area[dsel], sigmas,
-                                 np.sort(all_images))
-        precision[:, :, ci], recall[:, ci] = res
-    return _summarize(precision, recall)
-
-
-def _evaluate_category(g_img, g_kp, g_box, g_area, g_crowd, g_ignore, d_img, d_kp, d_score, d_area, sigmas,
-                       images) -> tuple[np.ndarray, np.ndarray]:
-    T, A, R = len(IOU_THRS), len(AREA_RNGS), len(REC_THRS)
-    img_pos = {int(i): p for p, i in enumerate(images)}
-    gi = np.array([img_pos[int(i)] for i in g_img], dtype=np.int64)
-    di = np.array([img_pos[int(i)] for i in d_img], dtype=np.int64)
-    n_img = len(images)
-    # ground truth per image, in file order; detections per image sorted by score (stable), top MAX_DETS
-    g_order = np.argsort(gi, kind="stable")
-    g_count = np.bincount(gi, minlength=n_img)
-    g_start = np.concatenate([[0], np.cumsum(g_count)[:-1]])
-    g_rank = np.empty(len(gi), dtype=np.int64)
-    g_rank[g_order] = np.arange(len(gi)) - g_start[gi[g_order]]
-    d_order = np.lexsort((np.arange(len(di)), -d_score, di))  # image, then -score, then file order
-    d_count = np.bincount(di, minlength=n_img)
-    d_start = np.concatenate([[0], np.cumsum(d_count)[:-1]])
-    d_rank_sorted = np.arange(len(di)) - d_start[di[d_order]]
-    keep = d_rank_sorted < MAX_DETS
-    d_sel = d_order[keep]  # detections that take part, grouped by image, best first
-    d_rank = d_rank_sorted[keep]
-    G = int(g_count.max(initial=0))
-    D = int(min(d_count.max(initial=0), MAX_DETS))
-
-    # OKS of every (detection, ground truth) pair in the same image: [n_img, D, G]
-    gg = np.full((n_img, G), -1, dtype=np.int64)  # GT index at (image, position)
-    gg[gi, g_rank] = np.arange(len(gi))
-    dd = np.full((n_img, D), -1, dtype=np.int64)  # detection index at (image, rank)
-    dd[di[d_sel], d_rank] = d_sel
-    ious = np.zeros((n_img, D, G))
-    pi, pd, pg = np.nonzero((dd[:, :, None] >= 0) & (gg[:, None, :] >= 0))
-    if len(pi):
-        ious[pi, pd, pg] = _pair_oks(d_kp[dd[pi, pd]], g_kp[gg[pi, pg]], g_box[gg[pi, pg]], g_area[gg[pi, pg]],
-                                     sigmas)
-    g_valid = gg >= 0
-    d_valid = dd >= 0
-    area_g = np.where(g_valid, g_area[np.maximum(gg, 0)], 0.0)
-    crowd_g = g_valid & g_crowd[np.maximum(gg, 0)]
-    ign_base = g_valid & g_ignore[np.maximum(gg, 0)]
-    area_d = np.where(d_valid, d_area[np.maximum(dd, 0)], 0.0)
-
-    dtm = np.zeros((T, A, n_img, D), dtype=bool)  # matched
-    dt_ig = np.zeros((T, A, n_img, D), dtype=bool)
-    g_ign = np.zeros((A, n_img, G), dtype=bool)
+    n_g, n_d = len(g_img), len(d_img)
+    # each image's detections by score (stable), the best MAX_DETS take part
+    dets = np.flatnonzero(d_sel)
+    order = dets[np.lexsort((dets, -d_score[dets], d_img[dets]))]
+    counts = np.bincount(d_img[order], minlength=n_img)
+    rank_sorted = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
+    take = rank_sorted < MAX_DETS
+    part, rank_part = order[take], rank_sorted[take]  # by image, best first
+    rank = np.full(n_d, -1)
+    rank[part] = rank_part
+    g_ign = np.zeros((A, n_g), dtype=bool)
     for a, (lo, hi) in enumerate(AREA_RNGS):
-        g_ign[a] = ign_base | (area_g < lo) | (area_g > hi)
-    # pycocotools sorts each image's ground truth with ignored ones last (stable) and, per detection,
-    # takes the best unmatched non-ignored GT with OKS >= t (the last one on ties), else the best ignored
-    # one; crowd GT can be matched many times.
-    gtm = np.zeros((T, A, n_img, G), dtype=bool)
-    thr = np.minimum(IOU_THRS, 1 - 1e-10)[:, None, None, None]
-    g_pos = np.broadcast_to(np.arange(G), (n_img, G))
-    for r in range(D):
-        iou_r = ious[:, r, :][None, None]  # [1, 1, n_img, G]
-        avail = (~gtm | crowd_g[None, None]) & g_valid[None, None]
-        ok = avail & (iou_r >= thr)
-        best = np.full((T, A, n_img), -1, dtype=np.int64)
-        for ignored in (False, True):
-            cand = ok & (g_ign[None] == ignored)
-            # order of the GT loop: non-ignored first, each in file order; ties go to the later one
-            score = np.where(cand, iou_r, -np.inf)
-            top = score.max(axis=3, keepdims=True)
-            is_top = cand & (score == top)
-            last = G - 1 - np.argmax(is_top[..., ::-1], axis=3)
-            found = is_top.any(axis=3) & (best < 0)
-            best = np.where(found, last, best)
-        has = best >= 0
-        tt, aa, ii = np.nonzero(has)
-        gtm[tt, aa, ii, best[has]] = True
-        dtm[:, :, :, r] = has
-        dt_ig[:, :, :, r] = np.where(has, np.take_along_axis(g_ign[None].repeat(T, 0), np.maximum(best, 0)[..., None],
-                                                             axis=3)[..., 0], False)
+        g_ign[a] = g_ignore | (g_area < lo) | (g_area > hi)
+    # candidate pairs: taking part, same category, OKS >= the lowest threshold
+    cand = (rank[pd_] >= 0) & g_sel[pg] & (pair_oks >= IOU_THRS[0])
+    c_d, c_g, c_oks = pd_[cand], pg[cand], pair_oks[cand]
+    c_rank = rank[c_d]
+    thr = np.minimum(IOU_THRS, 1 - 1e-10)
+    gtm = np.zeros((T, A, n_g), dtype=bool)
+    dtm = np.zeros((T, A, n_d), dtype=bool)
+    dt_ig = np.zeros((T, A, n_d), dtype=bool)
+    for r in range(int(rank_part.max(initial=-1)) + 1):
+        s = c_rank == r
+        if not s.any():
+            continue
+        d, g, o = c_d[s], c_g[s], c_oks[s]
+        ign = g_ign[:, g]  # [A, C]
+        # pycocotools walks each image's GT with the ignored ones last; the detection takes the best
+        # available non-ignored GT with OKS >= t (the later one on ties), else the best ignored one;
+        # crowd GT stay available after a match
+        ok = (o[None, None] >= thr[:, None, None]) & (~gtm[:, :, g] | g_crowd[g][None, None])  # [T, A, C]
+        tt, aa, cc = np.nonzero(ok)
+        if not len(tt):
+            continue
+        group = (tt * A + aa) * n_d + d[cc]
+        srt = np.lexsort((g[cc], o[cc], ~ign[aa, cc], group))
+        last = np.r_[group[srt][1:] != group[srt][:-1], True]
+        w = srt[last]
+        wt, wa, wd, wg = tt[w], aa[w], d[cc[w]], g[cc[w]]
+        gtm[wt, wa, wg] = True
+        dtm[wt, wa, wd] = True
+        dt_ig[wt, wa, wd] = g_ign[wa, wg]
     for a, (lo, hi) in enumerate(AREA_RNGS):
-        out_of_range = d_valid & ((area_d < lo) | (area_d > hi))
+        out_of_range = (d_area < lo) | (d_area > hi)
         dt_ig[:, a] |= ~dtm[:, a] & out_of_range[None]
-
-    # accumulate: pycocotools concatenates the images' detections (image order, best first) and sorts by
-    # -score with a stable sort
+    # accumulate: the images' detections concatenated (image order, best first), stable sort by -score
+    acc = part[np.argsort(-d_score[part], kind="mergesort")]
     precision = -np.ones((T, R, A))
     recall = -np.ones((T, A))
-    has_any = (g_count > 0) | (d_count > 0)  # images pycocotools keeps (evaluateImg returns None otherwise)
-    flat_i, flat_r = np.nonzero(d_valid & has_any[:, None])
-    flat_scores = d_score[dd[flat_i, flat_r]]
-    order = np.argsort(-flat_scores, kind="mergesort")
+    gsel = np.flatnonzero(g_sel)
     for a in range(A):
-        npig = int((g_valid & ~g_ign[a] & has_any[:, None]).sum())
+        npig = int((~g_ign[a, gsel]).sum())
         if npig == 0:
             continue
-        m = dtm[:, a, flat_i, flat_r][:, order]
-        ig = dt_ig[:, a, flat_i, flat_r][:, order]
-        tps = m & ~ig
-        fps = ~m & ~ig
-        tp_sum = np.cumsum(tps, axis=1).astype(float)
-        fp_sum = np.cumsum(fps, axis=1).astype(float)
+        m, ig = dtm[:, a, acc], dt_ig[:, a, acc]
+        tp_sum = np.cumsum(m & ~ig, axis=1).astype(float)
+        fp_sum = np.cumsum(~m & ~ig, axis=1).astype(float)
+        nd = len(acc)
         for t in range(T):
             tp, fp = tp_sum[t], fp_sum[t]
-            nd = len(tp)
             rc = tp / npig
             pr = tp / (fp + tp + np.spacing(1))
             recall[t, a] = rc[-1] if nd else 0
-            pr = np.maximum.accumulate(pr[::-1])[::-1] if nd else pr
+            if nd:
+                pr = np.maximum.accumulate(pr[::-1])[::-1]
             inds = np.searchsorted(rc, REC_THRS, side="left")
             q = np.zeros(R)
             valid = inds < nd
             q[valid] = pr[inds[valid]]
             precision[t, :, a] = q
     return precision, recall
-
-
-def _pair_oks(d: np.ndarray, g: np.ndarray, g_box: np.ndarray, g_area: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
-    """pycocotools' ``computeOks`` for pairs: labelled GT points, or the distance to the GT box grown by its
-    size on every side when the GT has none."""
-    var = (sigmas * 2) ** 2
-    vis = g[..., 2] > 0
-    k1 = vis.sum(axis=1)
-    dx = d[..., 0] - g[..., 0]
-    dy = d[..., 1] - g[..., 1]
-    x0 = (g_box[:, 0] - g_box[:, 2])[:, None]
-    x1 = (g_box[:, 0] + g_box[:, 2] * 2)[:, None]
-    y0 = (g_box[:, 1] - g_box[:, 3])[:, None]
-    y1 = (g_box[:, 1] + g_box[:, 3] * 2)[:, None]
-    z = np.zeros_like(dx)
-    bx = np.maximum(z, x0 - d[..., 0]) + np.maximum(z, d[..., 0] - x1)
-    by = np.maximum(z, y0 - d[..., 1]) + np.maximum(z, d[..., 1] - y1)
-    none = (k1 == 0)[:, None]
-    dx = np.where(none, bx, dx)
-    dy = np.where(none, by, dy)
-    e = (dx ** 2 + dy ** 2) / var / (g_area[:, None] + np.spacing(1)) / 2
-    w = np.where(none, True, vis)
-    return (np.exp(-e) * w).sum(axis=1) / np.where(k1 > 0, k1, d.shape[1])
 
 
 def _summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
