@@ -61,6 +61,9 @@ class PoseModel:
             raise InputError(path, f"the model's input size is not fixed ({shape})")
         outs = sess.get_outputs()
         shapes = [list(o.shape) for o in outs]
+        if any(_dim(d) is None for sh in shapes for d in sh[1:]):  # symbolic dims: probe with one blank crop
+            blank = np.zeros((1, 3, int(h), int(w)) if layout == "nchw" else (1, int(h), int(w), 3), np.float32)
+            shapes = [[None, *o.shape[1:]] for o in sess.run(None, {inp.name: blank})]
         if len(outs) >= 2 and len(shapes[0]) == 3 and len(shapes[1]) == 3:
             kind, k = "simcc", shapes[0][1]
         elif len(outs) >= 1 and len(shapes[0]) == 4:

@@ -27,12 +27,14 @@ def box_center_scale(boxes_xywh: np.ndarray, input_wh: tuple[int, int],
     return center, scale
 
 
-def warp_matrix(center: np.ndarray, scale: np.ndarray, input_wh: tuple[int, int]) -> np.ndarray:
-    """The 2x3 affine map from the image to the crop (three float32 point pairs, as the package builds it)."""
+def warp_matrix(center: np.ndarray, scale: np.ndarray, input_wh: tuple[int, int], rot: float = 0.0) -> np.ndarray:
+    """The 2x3 affine map from the image to the crop (three float32 point pairs, as the package builds
+    it); ``rot`` turns the crop by that many degrees (training augmentation)."""
     w, h = input_wh
+    sn, cs = np.sin(np.deg2rad(rot)), np.cos(np.deg2rad(rot))
     src = np.zeros((3, 2), dtype=np.float32)
     src[0] = center
-    src[1] = center + np.array([0.0, scale[0] * -0.5])
+    src[1] = center + np.array([[cs, -sn], [sn, cs]]) @ np.array([0.0, scale[0] * -0.5])
     d = src[0] - src[1]
     src[2] = src[1] + np.array([-d[1], d[0]])
     dst = np.zeros((3, 2), dtype=np.float32)
