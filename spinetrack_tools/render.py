@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from .skeleton import Skeleton
 
@@ -34,20 +34,21 @@ class Person:
 
 
 def background(width: int, height: int, rng: np.random.Generator) -> Image.Image:
-    """A varied background: a colour gradient, soft shapes and sensor-like noise."""
+    """A varied background: a colour gradient with soft shapes (drawn at a quarter of the size and
+    enlarged, which blurs them) and sensor-like noise."""
+    w4, h4 = max(width // 4, 1), max(height // 4, 1)
     c0, c1 = rng.uniform(40, 220, 3), rng.uniform(40, 220, 3)
-    t = np.linspace(0, 1, height)[:, None, None]
-    img = (c0 * (1 - t) + c1 * t) * np.ones((1, width, 1))
-    im = Image.fromarray(img.astype(np.uint8))
-    d = ImageDraw.Draw(im)
+    t = np.linspace(0, 1, h4, dtype=np.float32)[:, None, None]
+    small = Image.fromarray(np.broadcast_to(c0 * (1 - t) + c1 * t, (h4, w4, 3)).astype(np.uint8))
+    d = ImageDraw.Draw(small)
     for _ in range(int(rng.integers(3, 12))):
-        x, y = rng.uniform(0, width), rng.uniform(0, height)
-        w, h = rng.uniform(20, width / 2), rng.uniform(20, height / 2)
+        x, y = rng.uniform(0, w4), rng.uniform(0, h4)
+        w, h = rng.uniform(5, w4 / 2), rng.uniform(5, h4 / 2)
         color = tuple(int(c) for c in rng.uniform(30, 230, 3))
         (d.rectangle if rng.random() < 0.5 else d.ellipse)([x, y, x + w, y + h], fill=color)
-    im = im.filter(ImageFilter.GaussianBlur(3))
-    noise = rng.normal(0, 6, (height, width, 3))
-    return Image.fromarray(np.clip(np.asarray(im, dtype=float) + noise, 0, 255).astype(np.uint8))
+    im = np.asarray(small.resize((width, height), Image.BILINEAR), dtype=np.int16)
+    noise = rng.integers(-10, 11, (height, width, 1), dtype=np.int16)  # grey sensor noise
+    return Image.fromarray(np.clip(im + noise, 0, 255).astype(np.uint8))
 
 
 def draw_people(im: Image.Image, people: list[Person], sk: Skeleton, rng: np.random.Generator) -> None:
