@@ -6,6 +6,7 @@ Exit codes: 0 success / clean, 1 the check found errors, 2 bad input or usage.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -388,6 +389,175 @@ def train_cmd(train_path: Path, images_dir: Path, val_path: Path, val_images: Pa
     train(train_path, images_dir, val_path, val_images or images_dir, out_dir,
           TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_samples=max_samples),
           ModelConfig(width=width), init_path, log=click.echo)
+
+
+@main.group()
+def labelstudio() -> None:
+    """Human correction in Label Studio: a local server, push tasks with pre-annotations, pull corrections.
+
+    Push and pull talk to --url / LABEL_STUDIO_URL with --api-key / LABEL_STUDIO_API_KEY (legacy token or
+    personal access token); without them, to the server `spinetrack labelstudio start` runs from --dir.
+    """
+
+
+_LS_DIR = Path(".spinetrack") / "labelstudio"
+
+
+def _ls_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--dir", "ls_dir", type=click.Path(path_type=Path, file_okay=False), default=_LS_DIR,
+                        show_default=True, help="Folder of the local server (database, log, credentials).")(fn)
+
+
+def _ls_connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--url", envvar="LABEL_STUDIO_URL", help="Label Studio URL (env LABEL_STUDIO_URL).")(fn)
+    fn = click.option("--api-key", envvar="LABEL_STUDIO_API_KEY",
+                      help="API key (env LABEL_STUDIO_API_KEY).")(fn)
+    return _ls_dir_option(fn)
+
+
+def _ls_connect(url: str | None, api_key: str | None, ls_dir: Path) -> tuple[Any, Path | None]:
+    """A connection and the server's local-files root (from the local server, or the env)."""
+    from .labelstudio.client import Connection
+    from .labelstudio.server import read_info
+
+    root = os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+    info = read_info(ls_dir)
+    if not url and info is not None:
+        url, api_key, root = info.url, api_key or info.token, root or info.document_root
+    return Connection.open(url, api_key), Path(root) if root else None
+
+
+@labelstudio.command("start")
+@_ls_dir_option
+@click.option("--data-root", type=click.Path(path_type=Path, file_okay=False), default=Path("."),
+              show_default=True, help="Folder Label Studio may serve images from (their parent, at least).")
+@click.option("--port", type=int, help="Port (default: a free one).")
+@handles_errors
+def ls_start(ls_dir: Path, data_root: Path, port: int | None) -> None:
+    """Start a local Label Studio (127.0.0.1, SQLite in --dir) and print its URL, login and API key."""
+    from .labelstudio.server import start
+
+    info = start(ls_dir, data_root, port)
+    click.echo(f"Label Studio is up at {info.url}\n  login: {info.username} / {info.password}\n"
+               f"  export LABEL_STUDIO_URL={info.url} LABEL_STUDIO_API_KEY={info.token}\n"
+               f"  local files served from {info.document_root}; log {info.log}")
+
+
+@labelstudio.command("stop")
+@_ls_dir_option
+def ls_stop(ls_dir: Path) -> None:
+    """Stop the server started from --dir (and only that one)."""
+    from .labelstudio.server import stop
+
+    click.echo("stopped" if stop(ls_dir) else f"no server of ours is running from {ls_dir}")
+
+
+@labelstudio.command("status")
+@_ls_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def ls_status(ls_dir: Path, as_json: bool) -> None:
+    """Report the server started from --dir."""
+    from .labelstudio.server import status
+
+    st = status(ls_dir)
+    if as_json:
+        click.echo(dumps_json(st, indent=True).decode())
+    elif st["running"]:
+        click.echo(f"running at {st['url']} (pid {st['pid']}, {'healthy' if st['healthy'] else 'not answering'})")
+    else:
+        click.echo(f"not running (folder {ls_dir})")
+    raise SystemExit(0 if st["running"] else 1)
+
+
+@labelstudio.command("config")
+@_skeleton_option_only
+def ls_config(skeleton_name: str) -> None:
+    """Print the labeling config generated from the skeleton (annotation/labeling_config.xml)."""
+    from .labelstudio.config import labeling_config
+
+    click.echo(labeling_config(_resolve_skeleton(skeleton_name) or SPINETRACK37), nl=False)
+
+
+@labelstudio.command("push")
+@click.argument("coco_path", metavar="COCO.json", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of the images, inside Label Studio's local-files root.")
+@click.option("--project", required=True, help="Project title (created when missing).")
+@click.option("--predictions", "pred_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Model predictions (spinetrack predict output) to show; default: the file's own keypoints.")
+@click.option("--model-version", default="spinetrack", show_default=True,
+              help="model_version of the predictions; the project switches to it so annotators see them.")
+@click.option("--record", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write sample_id -> task id of the pushed tasks here (JSON).")
+@_ls_connection_options
+@handles_errors
+def ls_push(coco_path: Path, images_dir: Path, project: str, pred_path: Path | None, model_version: str,
+            record: Path | None, url: str | None, api_key: str | None, ls_dir: Path) -> None:
+    """Send COCO.json's images to Label Studio as tasks with pre-annotations (no duplicates on re-push)."""
+    from .coco import load_coco
+    from .io import load_json
+    from .labelstudio.client import image_url, push
+    from .labelstudio.convert import persons_from_results, to_labelstudio
+
+    ds = load_coco(coco_path, skeleton=None)
+    persons = None
+    if pred_path is not None:
+        results = load_json(pred_path)
+        if not isinstance(results, list):
+            raise BadInput(f"{pred_path}: expected a JSON list of results")
+        persons = persons_from_results(results, ds.skeleton.num_keypoints)
+    conn, root = _ls_connect(url, api_key, ls_dir)
+    if root is None:
+        raise BadInput("Label Studio's local-files root is unknown: set LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT "
+                       "as the server has it")
+    tasks = to_labelstudio(ds.raw, persons, image_url(root, images_dir), model_version, ds.skeleton)
+    res = push(conn, project, tasks, images_dir, root, model_version, ds.skeleton)
+    if record is not None:
+        save_json(record, {**res.existing, **res.created}, indent=True)
+    click.echo(f"project {project!r} (id {res.project}): {len(res.created)} tasks created, "
+               f"{len(res.existing)} already there; model_version {model_version}")
+
+
+@labelstudio.command("pull")
+@click.option("--project", required=True, help="Project title.")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="COCO file of the corrected labels; an earlier pull there is updated incrementally.")
+@click.option("--edits", "edits_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the per-keypoint edits (kept / moved / added / removed, distance in px) as JSON.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write findings (keypoints without a person, duplicates) as JSON.")
+@_ls_connection_options
+@handles_errors
+def ls_pull(project: str, out_path: Path, edits_path: Path | None, report_path: Path | None, url: str | None,
+            api_key: str | None, ls_dir: Path) -> None:
+    """Fetch the annotated tasks (latest non-cancelled annotation each) as COCO keypoints."""
+    from .labelstudio.client import pull
+    from .labelstudio.convert import merge_pulls
+
+    conn, _ = _ls_connect(url, api_key, ls_dir)
+    previous = None
+    if out_path.is_file():
+        from .io import load_json
+
+        previous = load_json(out_path)
+    since = ((previous or {}).get("info") or {}).get("labelstudio_watermark")
+    res = pull(conn, project, since, first_new_id=1 + max((a["id"] for a in (previous or {}).get("annotations", [])),
+                                                           default=0))
+    coco = merge_pulls(previous, res.coco, res.watermark)
+    save_json(out_path, coco)
+    if edits_path is not None:
+        save_json(edits_path, res.edits, indent=True)
+    report = Report(str(out_path), res.findings)
+    if report_path is not None:
+        report.write_json(report_path)
+    moved = [e["distance_px"] for e in res.edits if e["edit"] == "moved"]
+    counts = {k: sum(e["edit"] == k for e in res.edits) for k in ("kept", "moved", "added", "removed")}
+    click.echo(f"{res.tasks} annotated tasks{' since ' + since if since else ''} -> {out_path} "
+               f"({len(coco['images'])} images, {len(coco['annotations'])} persons in all)")
+    click.echo("keypoint edits: " + ", ".join(f"{v} {k}" for k, v in counts.items()) +
+               (f"; mean correction {sum(moved) / len(moved):.1f} px" if moved else ""))
+    if res.findings:
+        click.echo(report.render_table(), nl=False)
 
 
 def _parse_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:

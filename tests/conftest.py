@@ -25,3 +25,16 @@ def coco(synthetic: dict[str, Any]) -> dict[str, Any]:
 def write_json(path: Path, obj: Any) -> Path:
     path.write_text(json.dumps(obj))
     return path
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio server for the test session (first start takes about a minute)."""
+    pytest.importorskip("label_studio_sdk")
+    from spinetrack_tools.labelstudio import server
+
+    folder = tmp_path_factory.mktemp("ls_server")
+    root = tmp_path_factory.mktemp("ls_root")
+    info = server.start(folder, root)
+    yield info, root, folder
+    server.stop(folder)

@@ -176,11 +176,11 @@ def latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def from_labelstudio(tasks: Iterable[dict[str, Any]], skeleton: Skeleton = SPINETRACK37,
-                     categories: list[dict] | None = None) -> tuple[dict[str, Any], list[Finding]]:
+                     categories: list[dict] | None = None, first_new_id: int = 1) -> tuple[dict[str, Any], list[Finding]]:
     """COCO keypoints from annotated tasks (each task's latest non-cancelled annotation).
 
     Persons keep their annotation id, area, iscrowd and category from the task data; persons drawn in
-    Label Studio get new ids (above the largest known) and the box area.
+    Label Studio get new ids (above the largest known and ``first_new_id``) and the box area.
     """
     coco: dict[str, Any] = {"images": [], "annotations": [],
                             "categories": categories or [skeleton.to_category()]}
@@ -204,7 +204,7 @@ def from_labelstudio(tasks: Iterable[dict[str, Any]], skeleton: Skeleton = SPINE
             else:
                 p.annotation_id = None
             pending.append((p, iid))
-    next_id = max([p.annotation_id for p, _ in pending if p.annotation_id is not None], default=0) + 1
+    next_id = max([p.annotation_id + 1 for p, _ in pending if p.annotation_id is not None] + [first_new_id])
     for p, iid in pending:
         if p.annotation_id is None:
             p.annotation_id, next_id = next_id, next_id + 1
@@ -258,3 +258,38 @@ def edits(task: dict[str, Any], skeleton: Skeleton = SPINETRACK37) -> list[dict[
 
 def _key(region: dict[str, Any]) -> tuple[str, str]:
     return str(region.get("parentID") or region.get("id")), (region["value"].get("keypointlabels") or [""])[0]
+
+
+def persons_from_results(results: Sequence[dict[str, Any]], k: int) -> dict[int, list[Person]]:
+    """Model predictions (COCO results as ``spinetrack predict`` writes them) grouped per image; a person
+    predicted on an annotation's box keeps that annotation's id, so corrections map back to it."""
+    out: dict[int, list[Person]] = {}
+    for r in results:
+        kp = np.asarray(r["keypoints"], dtype=np.float64).reshape(k, 3)
+        xy, conf = kp[:, :2], kp[:, 2]
+        valid = conf > 0  # the model's own invalid points (score <= 0) are not shown
+        box = r.get("person_box") or r.get("bbox")
+        if box is None and valid.any():
+            lo, hi = xy[valid].min(0), xy[valid].max(0)
+            box = [lo[0], lo[1], hi[0] - lo[0], hi[1] - lo[1]]
+        pts = np.concatenate([np.where(valid[:, None], xy, 0.0), np.where(valid, 2.0, 0.0)[:, None]], axis=1)
+        aid = r.get("annotation_id")
+        out.setdefault(int(r["image_id"]), []).append(Person(
+            int(aid) if aid is not None else None, np.asarray(box if box is not None else [0, 0, 1, 1], float), pts,
+            conf, float(r.get("score", 1.0)), None, 0, int(r.get("category_id", 1))))
+    return out
+
+
+def merge_pulls(previous: dict[str, Any] | None, new: dict[str, Any], watermark: str | None) -> dict[str, Any]:
+    """An earlier pull updated with a newer one: images pulled again replace their earlier persons."""
+    out = {"info": {}, "images": [], "annotations": [], "categories": new["categories"]}
+    if previous:
+        fresh = {im["id"] for im in new["images"]}
+        out["images"] = [im for im in previous.get("images", []) if im["id"] not in fresh]
+        out["annotations"] = [a for a in previous.get("annotations", []) if a["image_id"] not in fresh]
+    out["images"] += new["images"]
+    out["annotations"] += new["annotations"]
+    out["info"] = {**((previous or {}).get("info") or {}),
+                   "labelstudio_watermark": watermark or ((previous or {}).get("info") or {}).get(
+                       "labelstudio_watermark")}
+    return out

@@ -1,0 +1,277 @@
+"""The one module that talks to a Label Studio server (label-studio-sdk 2.x client, its auth).
+
+Bulk traffic (task import, task listing) goes through the SDK's HTTP client as raw JSON (orjson), which
+is many times faster than building and parsing the SDK's pydantic models for tasks with 37 keypoints;
+everything else uses the SDK's methods.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import orjson
+
+from ..findings import Finding
+from ..io import InputError
+from ..progress import progress
+from ..skeleton import SPINETRACK37, Skeleton
+from .config import labeling_config
+from .convert import edits, from_labelstudio, latest_annotation
+
+SAMPLING = "Uncertainty sampling"
+WATERMARK_OVERLAP_S = 60  # re-read this much before the watermark: clocks and saves are not atomic
+
+
+class LabelStudioError(InputError):
+    """Label Studio unreachable, a token it rejects, a project that is not there: one line, exit code 2."""
+
+
+def _retry(fn: Callable[[], Any], what: str, url: str, tries: int = 4) -> Any:
+    """Call ``fn`` with exponential backoff on connection errors and 5xx answers."""
+    import httpx
+
+    from label_studio_sdk.core.api_error import ApiError
+
+    for attempt in range(tries):
+        try:
+            return fn()
+        except ApiError as e:
+            if e.status_code in (401, 403):
+                raise LabelStudioError(url, f"{what}: the API key was rejected (HTTP {e.status_code}); check "
+                                            "LABEL_STUDIO_API_KEY (legacy token or personal access token)") from None
+            if e.status_code == 404:
+                raise LabelStudioError(url, f"{what}: not found (HTTP 404)") from None
+            if e.status_code is not None and e.status_code < 500 or attempt == tries - 1:
+                raise LabelStudioError(url, f"{what}: HTTP {e.status_code}: {str(e.body)[:200]}") from None
+        except (httpx.TransportError, OSError) as e:
+            if attempt == tries - 1:
+                raise LabelStudioError(url, f"{what}: cannot reach Label Studio ({e.__class__.__name__}: {e})") \
+                    from None
+        time.sleep(0.5 * 2 ** attempt)
+
+
+@dataclass
+class Connection:
+    url: str
+    ls: Any  # label_studio_sdk.LabelStudio
+
+    @classmethod
+    def open(cls, url: str | None = None, api_key: str | None = None, timeout: float = 120.0) -> "Connection":
+        """Connect and check the key (``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY`` by default)."""
+        from label_studio_sdk import LabelStudio
+
+        url = url or os.environ.get("LABEL_STUDIO_URL")
+        api_key = api_key or os.environ.get("LABEL_STUDIO_API_KEY")
+        if not url:
+            raise LabelStudioError(None, "no Label Studio URL: pass --url, set LABEL_STUDIO_URL, or run "
+                                         "`spinetrack labelstudio start`")
+        if not api_key:
+            raise LabelStudioError(url, "no API key: pass --api-key or set LABEL_STUDIO_API_KEY")
+        try:
+            ls = LabelStudio(base_url=url, api_key=api_key, timeout=timeout)
+        except Exception as e:  # the SDK validates a JWT key in its constructor
+            raise LabelStudioError(url, f"the API key was rejected ({e})") from None
+        conn = cls(url.rstrip("/"), ls)
+        _retry(lambda: ls.users.whoami(), "checking the API key", url)
+        return conn
+
+    def _raw(self, method: str, path: str, params: dict | None = None, body: Any = None) -> Any:
+        http = self.ls._client_wrapper.httpx_client
+
+        def call() -> Any:
+            r = http.request(path, method=method, params=params,
+                             content=None if body is None else orjson.dumps(body),
+                             headers={"Content-Type": "application/json"} if body is not None else None)
+            if r.status_code >= 400:
+                from label_studio_sdk.core.api_error import ApiError
+
+                raise ApiError(status_code=r.status_code, headers=dict(r.headers), body=r.text)
+            return orjson.loads(r.content) if r.content else None
+
+        return _retry(call, f"{method} {path}", self.url)
+
+    # projects ----------------------------------------------------------------------------------------
+    def find_project(self, title: str) -> int | None:
+        for p in _retry(lambda: list(self.ls.projects.list(title=title)), "listing projects", self.url):
+            if p.title == title:
+                return int(p.id)
+        return None
+
+    def ensure_project(self, title: str, skeleton: Skeleton = SPINETRACK37, model_version: str | None = None) -> int:
+        """The project called ``title``, created with the skeleton's config and uncertainty sampling."""
+        pid = self.find_project(title)
+        if pid is None:
+            p = _retry(lambda: self.ls.projects.create(title=title, label_config=labeling_config(skeleton),
+                                                       sampling=SAMPLING, show_collab_predictions=True,
+                                                       **({"model_version": model_version} if model_version else {})),
+                       "creating the project", self.url)
+            pid = int(p.id)
+        if model_version:
+            self.set_model_version(pid, model_version)
+        return pid
+
+    def project_id(self, title: str) -> int:
+        pid = self.find_project(title)
+        if pid is None:
+            raise LabelStudioError(self.url, f"no project titled {title!r}")
+        return pid
+
+    def set_model_version(self, project: int, model_version: str) -> None:
+        """Annotators only see predictions of the project's model version: switch it."""
+        _retry(lambda: self.ls.projects.update(id=project, model_version=model_version), "setting model_version",
+               self.url)
+
+    def label_interface(self, project: int) -> Any:
+        proj = _retry(lambda: self.ls.projects.get(id=project), "reading the project", self.url)
+        return proj.get_label_interface()
+
+    # storage -------------------------------------------------------------------------------------------
+    def ensure_local_storage(self, project: int, images_dir: Path, document_root: Path) -> None:
+        """Register ``images_dir`` (a strict subfolder of the server's local-files root) for the project."""
+        images_dir, document_root = images_dir.resolve(), document_root.resolve()
+        if images_dir == document_root or not images_dir.is_relative_to(document_root):
+            raise LabelStudioError(images_dir, f"images must be in a subfolder of Label Studio's local-files root "
+                                               f"{document_root} (LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)")
+        existing = _retry(lambda: list(self.ls.import_storage.local.list(project=project)), "listing storages",
+                          self.url)
+        if any(str(getattr(s, "path", "")) == str(images_dir) for s in existing):
+            return
+        _retry(lambda: self.ls.import_storage.local.create(project=project, path=str(images_dir),
+                                                           title=images_dir.name, use_blob_urls=False,
+                                                           regex_filter=r".*\.(jpe?g|png|bmp|webp)$"),
+               "registering local storage", self.url)
+
+    # tasks -----------------------------------------------------------------------------------------------
+    def iter_tasks(self, project: int, only_annotated: bool = False, updated_after: str | None = None,
+                   page_size: int = 500, fields: str = "all") -> Iterator[dict[str, Any]]:
+        """Every task of a project (raw dicts), optionally only annotated ones updated after a time."""
+        filters = []
+        if updated_after:
+            filters.append({"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
+                            "value": updated_after})
+        query = orjson.dumps({"filters": {"conjunction": "and", "items": filters}}).decode() if filters else None
+        page = 1
+        while True:
+            params: dict[str, Any] = {"project": project, "page": page, "page_size": page_size, "fields": fields}
+            if only_annotated:
+                params["only_annotated"] = "true"
+            if query:
+                params["query"] = query
+            try:
+                data = self._raw("GET", "api/tasks/", params)
+            except LabelStudioError as e:
+                if "404" in str(e) and page > 1:  # past the last page
+                    return
+                raise
+            tasks = data.get("tasks", data) if isinstance(data, dict) else data
+            yield from tasks
+            total = data.get("total") if isinstance(data, dict) else None
+            if len(tasks) < page_size or (total is not None and page * page_size >= total):
+                return
+            page += 1
+
+    def sample_ids(self, project: int) -> dict[str, int]:
+        """sample_id -> task id of the tasks already in the project."""
+        return {str(t["data"].get("sample_id")): int(t["id"])
+                for t in self.iter_tasks(project, fields="task_only") if t.get("data", {}).get("sample_id")}
+
+    def import_tasks(self, project: int, tasks: Sequence[dict[str, Any]]) -> list[int]:
+        data = self._raw("POST", f"api/projects/{project}/import", {"return_task_ids": "true"}, list(tasks))
+        return [int(i) for i in data.get("task_ids", [])]
+
+    def add_prediction(self, task: int, result: list, model_version: str, score: float) -> None:
+        _retry(lambda: self.ls.predictions.create(task=task, result=result, model_version=model_version,
+                                                  score=score), "adding a prediction", self.url)
+
+
+def image_url(document_root: Path, images_dir: Path) -> Callable[[dict[str, Any]], str]:
+    """Task image URL served by Label Studio's local-files view (path relative to its root)."""
+    rel = images_dir.resolve().relative_to(document_root.resolve())
+    return lambda im: f"/data/local-files/?d={(rel / str(im['file_name'])).as_posix()}"
+
+
+@dataclass
+class PushResult:
+    project: int
+    created: dict[str, int] = field(default_factory=dict)  # sample_id -> new task id
+    existing: dict[str, int] = field(default_factory=dict)  # sample_id -> task id already there
+
+
+def push(conn: Connection, project_title: str, tasks: list[dict[str, Any]], images_dir: Path,
+         document_root: Path, model_version: str, skeleton: Skeleton = SPINETRACK37,
+         batch_size: int = 500) -> PushResult:
+    """Create or reuse the project, register the images, import the tasks that are not there yet
+    (``data.sample_id`` is the key, so pushing twice creates nothing), with their predictions checked
+    against the labeling config first."""
+    pid = conn.ensure_project(project_title, skeleton, model_version)
+    conn.ensure_local_storage(pid, images_dir, document_root)
+    li = conn.label_interface(pid)
+    for t in tasks[:1] + tasks[1::max(1, len(tasks) // 50)]:  # a spread sample: the config is the same for all
+        for pred in t.get("predictions", []):
+            ok, errors = _validate(li, pred)
+            if not ok:
+                raise LabelStudioError(conn.url, f"prediction for {t['data'].get('sample_id')} does not fit the "
+                                                 f"project's labeling config: {errors}")
+    out = PushResult(pid)
+    out.existing = {s: i for s, i in conn.sample_ids(pid).items() if s in {t["data"]["sample_id"] for t in tasks}}
+    new = [t for t in tasks if t["data"]["sample_id"] not in out.existing]
+    for start in progress(range(0, len(new), batch_size), total=-(-len(new) // batch_size),
+                          description="importing tasks"):
+        batch = new[start:start + batch_size]
+        ids = conn.import_tasks(pid, batch)
+        if len(ids) != len(batch):  # an old server without task ids: look them up
+            ids_by_sample = conn.sample_ids(pid)
+            ids = [ids_by_sample[t["data"]["sample_id"]] for t in batch]
+        out.created.update({t["data"]["sample_id"]: i for t, i in zip(batch, ids)})
+    return out
+
+
+def _validate(li: Any, prediction: dict[str, Any]) -> tuple[bool, Any]:
+    res = li.validate_prediction(prediction, return_errors=True)
+    if isinstance(res, tuple):
+        return res[0], res[1]
+    if isinstance(res, list):
+        return not res, res
+    return bool(res), None
+
+
+def _minus(stamp: str | None, seconds: float) -> str | None:
+    """An ISO time ``seconds`` earlier (None stays None)."""
+    if not stamp:
+        return None
+    from datetime import datetime, timedelta, timezone
+
+    t = datetime.fromisoformat(stamp.replace("Z", "+00:00")) - timedelta(seconds=seconds)
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # the format Label Studio parses
+
+
+@dataclass
+class PullResult:
+    coco: dict[str, Any]
+    findings: list[Finding]
+    edits: list[dict[str, Any]]
+    watermark: str | None
+    tasks: int
+
+
+def pull(conn: Connection, project_title: str, since: str | None = None, skeleton: Skeleton = SPINETRACK37,
+         sample_ids: set[str] | None = None, first_new_id: int = 1) -> PullResult:
+    """Annotated tasks updated after ``since`` (ISO time), converted to COCO with edit statistics.
+
+    The new watermark is the latest annotation time seen; re-pulling from an older watermark returns the
+    same annotations again (the caller merges by annotation id, so pulls are idempotent).
+    """
+    pid = conn.project_id(project_title)
+    tasks = [t for t in conn.iter_tasks(pid, only_annotated=True, updated_after=_minus(since, WATERMARK_OVERLAP_S))
+             if latest_annotation(t) is not None
+             and (sample_ids is None or str(t["data"].get("sample_id")) in sample_ids)]
+    coco, findings = from_labelstudio(tasks, skeleton, first_new_id=first_new_id)
+    ed = [e for t in tasks for e in edits(t, skeleton)]
+    stamps = [str(latest_annotation(t).get("updated_at") or "") for t in tasks]
+    watermark = max([s for s in stamps if s] + ([since] if since else []), default=None)
+    return PullResult(coco, findings, ed, watermark, len(tasks))
+

@@ -1,0 +1,164 @@
+"""Label Studio integration against a real server started by the test suite: push a multi-person set,
+annotate through the REST API as a person would (move, occlude, delete, add, add without a parent), pull,
+and compare exactly; idempotent push, incremental pull, clear errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+
+from spinetrack_tools import synth
+from spinetrack_tools.labelstudio.client import Connection, LabelStudioError, image_url, pull, push
+from spinetrack_tools.labelstudio.convert import Person, to_labelstudio, to_result
+from spinetrack_tools.labelstudio.server import status, stop
+from spinetrack_tools.skeleton import SPINETRACK37
+
+pytestmark = pytest.mark.integration
+K = SPINETRACK37.num_keypoints
+
+
+@pytest.fixture(scope="module")
+def pushed(label_studio):
+    info, root, _ = label_studio
+    images = root / "set1"
+    coco = synth.generate(6, seed=4, persons_per_image=(2, 3), image_dir=images, fk="numpy")
+    conn = Connection.open(info.url, info.token)
+    tasks = to_labelstudio(coco, image_url=image_url(root, images), model_version="round-1")
+    res = push(conn, "integration", tasks, images, root, "round-1")
+    return conn, coco, tasks, res, images
+
+
+def test_push_creates_tasks_with_visible_predictions_and_is_idempotent(pushed, label_studio):
+    conn, coco, tasks, res, images = pushed
+    info, root, _ = label_studio
+    assert len(res.created) == len(coco["images"]) and not res.existing
+    project = conn.ls.projects.get(id=res.project)
+    assert project.model_version == "round-1"
+    again = push(conn, "integration", tasks, images, root, "round-1")
+    assert not again.created and again.existing == res.created
+    t = conn.ls.tasks.get(id=next(iter(res.created.values())))
+    assert t.predictions and t.predictions[0].model_version == "round-1"
+    # the image is served from local files
+    req = urllib.request.Request(info.url + tasks[0]["data"]["image"], headers={"Authorization": f"Token {info.token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200 and r.read(3) == b"\xff\xd8\xff"
+
+
+def test_annotator_edits_come_back_exactly(pushed):
+    conn, coco, tasks, res, _ = pushed
+    task = tasks[0]
+    im = coco["images"][0]
+    W, H = im["width"], im["height"]
+    result = copy.deepcopy(task["predictions"][0]["result"])
+    anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
+    expected = {a["id"]: np.array(a["keypoints"], dtype=float).reshape(K, 3) for a in anns}
+    first, second = anns[0]["id"], anns[1]["id"]
+
+    def region(pid, name):
+        return next(r for r in result if r.get("parentID") == f"a{pid}" and r["value"]["keypointlabels"] == [name])
+
+    lab = [SPINETRACK37.names[k] for k in np.flatnonzero(expected[first][:, 2] > 0)]
+    # move one joint by (7.5, -3.25) px
+    moved = region(first, lab[0])
+    moved["value"]["x"] += 7.5 / W * 100
+    moved["value"]["y"] -= 3.25 / H * 100
+    j = SPINETRACK37.index(lab[0])
+    expected[first][j, :2] += (7.5, -3.25)
+    # mark another occluded (or visible again)
+    j2 = SPINETRACK37.index(lab[1])
+    occ = [r for r in result if r["type"] == "choices" and r["id"] == f"a{first}_k{j2}"]
+    if occ:
+        result.remove(occ[0])
+        expected[first][j2, 2] = 2
+    else:
+        result.append({"id": f"a{first}_k{j2}", "from_name": "kp_vis", "to_name": "image", "type": "choices",
+                       "value": {"choices": ["occluded"]}})
+        expected[first][j2, 2] = 1
+    # delete a third
+    j3 = SPINETRACK37.index(lab[2])
+    result = [r for r in result if r.get("id") != f"a{first}_k{j3}"]
+    expected[first][j3] = 0
+    # add a missing joint with its parent, and one without a parent inside the second person's box only
+    missing = [k for k in range(K) if expected[second][k, 2] == 0]
+    box = np.array(anns[1]["bbox"])
+    x, y = box[0] + box[2] * 0.5, box[1] + box[3] * 0.5
+    for k, with_parent in zip(missing[:2], (True, False)):
+        r = to_result([Person(second, box, np.where(np.arange(K)[:, None] == k, [[x, y, 2]], 0.0))], W, H)[1]
+        if not with_parent:
+            del r["parentID"]
+            r["id"] = "manual-1"
+        result.append(r)
+        expected[second][k] = (x, y, 2)
+    conn.ls.annotations.create(id=res.created[task["data"]["sample_id"]], result=result)
+    out = pull(conn, "integration")
+    assert out.findings == [] and out.tasks == 1
+    got = {a["id"]: np.array(a["keypoints"], dtype=float).reshape(K, 3) for a in out.coco["annotations"]}
+    other = [a for a in anns if a["id"] not in (first, second)]
+    assert set(got) == set(expected)
+    for aid, kp in expected.items():
+        assert np.array_equal(got[aid][:, 2], kp[:, 2]), aid
+        assert np.allclose(got[aid][:, :2], kp[:, :2], rtol=0, atol=1e-6), aid
+    for a in other:
+        assert np.allclose(got[a["id"]], np.array(a["keypoints"]).reshape(K, 3), atol=1e-6)
+    by = {(e["region"], e["keypoint"]): e for e in out.edits}
+    assert by[(f"a{first}", lab[0])]["edit"] == "moved"
+    assert abs(by[(f"a{first}", lab[0])]["distance_px"] - np.hypot(7.5, 3.25)) < 1e-6
+    assert by[(f"a{first}", lab[2])]["edit"] == "removed"
+
+
+def test_incremental_pull_and_cancelled_annotations(pushed):
+    conn, coco, tasks, res, _ = pushed
+    first = pull(conn, "integration")
+    t2 = tasks[1]
+    tid = res.created[t2["data"]["sample_id"]]
+    conn.ls.annotations.create(id=tid, result=t2["predictions"][0]["result"])
+    later = pull(conn, "integration", since=first.watermark)
+    assert {im["id"] for im in later.coco["images"]} >= {t2["data"]["image_id"]}
+    tid3 = res.created[tasks[2]["data"]["sample_id"]]
+    conn.ls.annotations.create(id=tid3, result=[], was_cancelled=True)
+    ids = {im["id"] for im in pull(conn, "integration").coco["images"]}
+    assert tasks[2]["data"]["image_id"] not in ids
+
+
+def test_errors_are_clear(label_studio):
+    info, _, _ = label_studio
+    with pytest.raises(LabelStudioError, match="cannot reach Label Studio"):
+        Connection.open("http://127.0.0.1:9", "x" * 40)
+    with pytest.raises(LabelStudioError, match="API key was rejected"):
+        Connection.open(info.url, "0" * 40)
+    conn = Connection.open(info.url, info.token)
+    with pytest.raises(LabelStudioError, match="no project titled"):
+        pull(conn, "no such project")
+
+
+def test_cli_push_pull_and_status(tmp_path, label_studio):
+    info, root, folder = label_studio
+    images = root / "set2"
+    coco = synth.generate(3, seed=9, image_dir=images, fk="numpy")
+    (tmp_path / "gt.json").write_text(json.dumps(coco))
+    env_args = ["--url", info.url, "--api-key", info.token]
+    import os
+
+    env = {**os.environ, "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root)}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "spinetrack_tools", "labelstudio", *a],  # noqa: E731
+                                    capture_output=True, text=True, env=env)
+    r = run("push", str(tmp_path / "gt.json"), "--images", str(images), "--project", "cli", *env_args,
+            "--record", str(tmp_path / "tasks.json"))
+    assert r.returncode == 0, r.stderr
+    assert "3 tasks created" in r.stdout and len(json.loads((tmp_path / "tasks.json").read_text())) == 3
+    r = run("push", str(tmp_path / "gt.json"), "--images", str(images), "--project", "cli", *env_args)
+    assert "0 tasks created, 3 already there" in r.stdout
+    r = run("pull", "--project", "cli", "--out", str(tmp_path / "out.json"), *env_args)
+    assert r.returncode == 0 and "0 annotated tasks" in r.stdout
+    r = run("pull", "--project", "nope", "--out", str(tmp_path / "o2.json"), *env_args)
+    assert r.returncode == 2 and "no project titled 'nope'" in r.stderr and not (tmp_path / "o2.json").exists()
+    r = run("status", "--dir", str(folder))
+    assert r.returncode == 0 and info.url in r.stdout
+    assert status(folder)["healthy"]
+    assert not stop(tmp_path)  # nothing of ours runs from an unrelated folder
