@@ -1,54 +1,95 @@
-"""The demo the README's first command runs: synthesise, validate, flag, and score the flags."""
+"""The demo the README's first command runs: a whole active-learning loop on synthetic data.
+
+Synthesise a pool (rendered images with known keypoints), validate and flag it, start Label Studio,
+create a workspace with the shipped model, run the rounds with the simulated annotator working through
+Label Studio, build the FiftyOne dataset, and report AP per round and where everything is.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
 from . import synth
 from .coco import from_dict, save_coco
-from .io import save_json
-from .quality import detection_scores, flag
+from .quality import flag
 from .validate import validate
 
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "spinetrack_synth.onnx"
+CHECKPOINT = ROOT / "models" / "spinetrack_synth.pt"
+QUICK_RETRAIN = ("{python} -m spinetrack_tools train --train {train} --images {images} --val {val} "
+                 "--val-images {val_images} --init {init} --out {out} --epochs 2 --lr 1e-3")
 
-def run(work_dir: Path, num_images: int = 2000, seed: int = 0, echo: Callable[[str], None] = print) -> dict:
-    """Write a synthetic dataset with injected corruptions to ``work_dir``, check it, and report.
 
-    Returns the detection scores (recall per corruption kind, overall precision).
-    """
-    work_dir.mkdir(parents=True, exist_ok=True)
-    clean = synth.generate(num_images, seed=seed)
-    data, truth = synth.corrupt(clean, fraction=0.15, seed=seed + 1)
-    ann_path = work_dir / "annotations.json"
-    save_coco(ann_path, data)
-    save_json(work_dir / "corruptions.json", truth, indent=True)
-    echo(f"1. synthesised {len(data['annotations'])} annotations on {num_images} images, "
-         f"{len(truth)} corrupted on purpose -> {ann_path}")
+def run(work_dir: Path, images: int = 500, rounds: int = 3, batch_size: int = 60, val_images: int = 120,
+        labelled: int = 40, seed: int = 0, strategy: str = "hybrid", launch_browser: bool = False,
+        echo: Callable[[str], None] = print) -> dict:
+    """Run the demo in ``work_dir``; returns the AP per round."""
+    from .active_learning import simulate
+    from .active_learning.rounds import connect, run_round
+    from .active_learning.workspace import Workspace, init
+    from .browse import build
+    from .labelstudio.server import start
 
-    ds = from_dict(data, path=ann_path)
-    v = validate(ds)
-    v.write_json(work_dir / "validate_report.json")
-    echo(f"2. validate: {v.summary()['errors']} errors, {v.summary()['warnings']} warnings "
-         f"-> {work_dir / 'validate_report.json'}")
+    work_dir = work_dir.resolve()
+    data = work_dir / "data"
+    truth_path, val_path = data / "truth.json", data / "val.json"
+    if not truth_path.is_file():
+        echo(f"1. synthesising {images + labelled} images (pool + labelled) and {val_images} validation images")
+        pool = synth.generate(images + labelled, seed=seed, image_dir=data / "images")
+        save_coco(val_path, synth.generate(val_images, seed=seed + 1000, image_dir=data / "val_images"))
+        lab_ids = {im["id"] for im in pool["images"][:labelled]}
+        save_coco(data / "labeled.json", {**pool, "images": [im for im in pool["images"] if im["id"] in lab_ids],
+                                          "annotations": [a for a in pool["annotations"] if a["image_id"] in lab_ids]})
+        boxes = {**pool, "annotations": [{**a, "keypoints": [0] * len(a["keypoints"]), "num_keypoints": 0}
+                                         for a in pool["annotations"]]}
+        save_coco(data / "boxes.json", boxes)
+        save_coco(truth_path, pool)
+    ds = from_dict(json.loads(truth_path.read_text()), path=truth_path)
+    v, f = validate(ds).summary(), flag(ds)
+    f.write_json(data / "flag_report.json")
+    echo(f"2. validate: {v['errors']} errors; flag: {f.summary()['annotations_with_errors']} of {len(ds)} "
+         f"annotations flagged ({data / 'flag_report.json'})")
+    info = start(work_dir / "labelstudio", data)
+    echo(f"3. Label Studio at {info.url} (login {info.username} / {info.password})")
+    ws_path = work_dir / "workspace"
+    ws = Workspace.open(ws_path) if (ws_path / "config.toml").exists() else init(
+        ws_path, data / "images", data / "boxes.json", data / "labeled.json", val_path, MODEL,
+        CHECKPOINT if CHECKPOINT.is_file() else None, data / "val_images", strategy, batch_size,
+        "spinetrack-quickstart", QUICK_RETRAIN, server_dir=work_dir / "labelstudio", seed=seed)
+    echo(f"4. workspace {ws.path} ({strategy}, {batch_size} images per round)")
+    truth = json.loads(truth_path.read_text())
 
-    f = flag(ds)
-    f.write_json(work_dir / "flag_report.json")
-    echo("3. flag:")
-    echo(f.render_table())
-    bad = f.flagged_annotation_ids("error")
-    keep = [int(a) not in bad for a in ds.ann_ids]
-    save_coco(work_dir / "annotations_clean.json", ds.subset_dict(keep))
-    echo(f"   clean file without the {len(keep) - sum(keep)} flagged annotations -> "
-         f"{work_dir / 'annotations_clean.json'}")
+    def annotate(w: Workspace, n: int) -> None:
+        with w.db() as db:
+            names = {r["file_name"] for r in db.execute("SELECT file_name FROM samples WHERE round = ?", (n,))}
+        conn, _ = connect(w)
+        simulate.annotate(conn, w.config["labelstudio"]["project"], truth, names, tolerance=0.01)
 
-    scores = detection_scores(f, truth, ds.ann_ids)
-    save_json(work_dir / "detection_scores.json", scores, indent=True)
-    echo("4. flag against the injected truth (recall per corruption kind):")
-    for kind, s in scores.items():
-        if kind != "all":
-            echo(f"   {kind:16s} n={s['n']:4d}  recall={s['recall']:.3f}")
-    a = scores["all"]
-    echo(f"   {'all':16s} n={a['n']:4d}  recall={a['recall']:.3f}  precision={a['precision']:.3f}  "
-         f"false-positive rate on clean annotations={a['false_positive_rate']:.4f}")
-    return scores
+    for n in range(1, rounds + 1):
+        echo(f"5.{n} round {n}")
+        run_round(ws, n, wait=True, annotate=annotate, poll_s=1.0, echo=lambda s: echo("    " + s))
+    with ws.db() as db:
+        rows = db.execute("SELECT round, grp, ap, labelled_images FROM metrics ORDER BY round").fetchall()
+    last = ws.round_dir(rounds) / "pool_pred.json"
+    _, dataset_path = ws.latest_dataset()
+    fo_name = "spinetrack-quickstart"
+    build(from_dict(truth, path=truth_path), data / "images", [last] if last.is_file() else [],
+          [data / "flag_report.json"], name=fo_name, echo=lambda s: echo("6. " + s))
+    table: dict[int, dict[str, float]] = {}
+    for r in rows:
+        table.setdefault(r["round"], {"labelled_images": r["labelled_images"]})[r["grp"]] = r["ap"]
+    echo("7. OKS AP on the validation set per round (round 0 = the shipped model):")
+    groups = [g for g in ("overall", "body", "feet", "spine") if any(g in t for t in table.values())]
+    echo(f"   {'round':>5s} {'labelled':>8s} " + " ".join(f"{g:>8s}" for g in groups))
+    for n, t in sorted(table.items()):
+        echo(f"   {n:5d} {t['labelled_images']:8d} " + " ".join(f"{t.get(g, float('nan')):8.3f}" for g in groups))
+    echo(f"   learning curve: {ws.path / 'learning_curve.png'}; dataset version: {dataset_path}")
+    echo(f"   Label Studio project 'spinetrack-quickstart' at {info.url}; "
+         f"`spinetrack labelstudio stop --dir {work_dir / 'labelstudio'}` ends the server")
+    echo(f"   FiftyOne dataset {fo_name!r}: spinetrack browse {truth_path} --images {data / 'images'} "
+         f"--name {fo_name}")
+    echo(f"   spinetrack status --workspace {ws.path}")
+    return table

@@ -114,31 +114,36 @@ def _read(path: Path) -> np.ndarray:
     return img
 
 
-def _produce(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector | None, rgb: bool,
+def _produce(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector | None, rgb: bool, flip: bool,
              out: "queue.Queue[Any]") -> None:
-    """Background thread: read, detect, crop and normalise each image; put (job, input, centre, scale)."""
+    """Background thread: read, detect, crop and normalise each image; put (job, input, centre, scale, width)."""
     try:
         for path, job in progress(jobs, total=len(jobs), description="predicting"):
             img = _read(path)
             if detector is not None:
                 boxes, scores = detector(img)
                 job = _Job(job.image_id, np.ones(len(boxes), int), np.full(len(boxes), MISSING_ID), boxes, scores)
-            center, scale = T.box_center_scale(job.boxes, model.input_wh)
+            boxes = job.boxes
+            if flip:  # mirror the image and the boxes; the keypoints are mirrored back after decoding
+                img = np.ascontiguousarray(img[:, ::-1])
+                boxes = boxes.copy()
+                boxes[:, 0] = img.shape[1] - boxes[:, 0] - boxes[:, 2]
+            center, scale = T.box_center_scale(boxes, model.input_wh)
             crops = np.stack([T.crop(img, c, s, model.input_wh) for c, s in zip(center, scale)]) if len(center) \
                 else np.zeros((0, model.input_wh[1], model.input_wh[0], 3), np.uint8)
-            out.put((job, T.normalize(crops, rgb, model.layout), center, scale))
+            out.put((job, T.normalize(crops, rgb, model.layout), center, scale, np.full(len(center), img.shape[1])))
     except BaseException as e:  # surface in the main thread
         out.put(e)
     out.put(None)
 
 
-def _batches(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector | None, rgb: bool,
+def _batches(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector | None, rgb: bool, flip: bool,
              batch_size: int, prefetch: int) -> Iterator[tuple[list[_Job], list[int], np.ndarray, np.ndarray,
-                                                                  np.ndarray]]:
+                                                                  np.ndarray, np.ndarray]]:
     q: "queue.Queue[Any]" = queue.Queue(maxsize=prefetch)
-    worker = threading.Thread(target=_produce, args=(jobs, model, detector, rgb, q), daemon=True)
+    worker = threading.Thread(target=_produce, args=(jobs, model, detector, rgb, flip, q), daemon=True)
     worker.start()
-    pending: list[tuple[_Job, np.ndarray, np.ndarray, np.ndarray]] = []
+    pending: list[tuple[_Job, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     size = 0
     while True:
         item = q.get()
@@ -149,19 +154,30 @@ def _batches(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector
             size += len(item[1])
         if pending and (size >= batch_size or item is None):
             yield ([p[0] for p in pending], [len(p[1]) for p in pending], np.concatenate([p[1] for p in pending]),
-                   np.concatenate([p[2] for p in pending]), np.concatenate([p[3] for p in pending]))
+                   np.concatenate([p[2] for p in pending]), np.concatenate([p[3] for p in pending]),
+                   np.concatenate([p[4] for p in pending]))
             pending, size = [], 0
         if item is None:
             return
 
 
 def predict(model: PoseModel, jobs: list[tuple[Path, _Job]], detector: Detector | None = None,
-            batch_size: int = 16, rgb: bool = False, score_mode: str = "mean", prefetch: int = 8) -> Predictions:
-    """Run ``model`` on every job's boxes (or the detector's) and return the predictions in job order."""
+            batch_size: int = 16, rgb: bool = False, score_mode: str = "mean", prefetch: int = 8,
+            flip_index: np.ndarray | None = None) -> Predictions:
+    """Run ``model`` on every job's boxes (or the detector's) and return the predictions in job order.
+
+    With ``flip_index`` the images are mirrored before cropping and the keypoints mirrored back with
+    left and right swapped (flip test).
+    """
     parts: list[tuple] = []
-    for batch_jobs, counts, x, center, scale in _batches(jobs, model, detector, rgb, batch_size, prefetch):
+    flip = flip_index is not None
+    for batch_jobs, counts, x, center, scale, width in _batches(jobs, model, detector, rgb, flip, batch_size,
+                                                                prefetch):
         if len(x):
             kp, conf = model.decode(model.run(x), center, scale, score_mode)
+            if flip:
+                kp[..., 0] = width[:, None] - 1 - kp[..., 0]
+                kp, conf = kp[:, flip_index], conf[:, flip_index]
         else:
             kp, conf = np.zeros((0, model.num_keypoints, 2)), np.zeros((0, model.num_keypoints))
         start = 0

@@ -101,17 +101,14 @@ class Connection:
                 return int(p.id)
         return None
 
-    def ensure_project(self, title: str, skeleton: Skeleton = SPINETRACK37, model_version: str | None = None) -> int:
+    def ensure_project(self, title: str, skeleton: Skeleton = SPINETRACK37) -> int:
         """The project called ``title``, created with the skeleton's config and uncertainty sampling."""
         pid = self.find_project(title)
         if pid is None:
             p = _retry(lambda: self.ls.projects.create(title=title, label_config=labeling_config(skeleton),
-                                                       sampling=SAMPLING, show_collab_predictions=True,
-                                                       **({"model_version": model_version} if model_version else {})),
+                                                       sampling=SAMPLING, show_collab_predictions=True),
                        "creating the project", self.url)
             pid = int(p.id)
-        if model_version:
-            self.set_model_version(pid, model_version)
         return pid
 
     def project_id(self, title: str) -> int:
@@ -207,7 +204,7 @@ def push(conn: Connection, project_title: str, tasks: list[dict[str, Any]], imag
     """Create or reuse the project, register the images, import the tasks that are not there yet
     (``data.sample_id`` is the key, so pushing twice creates nothing), with their predictions checked
     against the labeling config first."""
-    pid = conn.ensure_project(project_title, skeleton, model_version)
+    pid = conn.ensure_project(project_title, skeleton)
     conn.ensure_local_storage(pid, images_dir, document_root)
     li = conn.label_interface(pid)
     for t in tasks[:1] + tasks[1::max(1, len(tasks) // 50)]:  # a spread sample: the config is the same for all
@@ -227,6 +224,8 @@ def push(conn: Connection, project_title: str, tasks: list[dict[str, Any]], imag
             ids_by_sample = conn.sample_ids(pid)
             ids = [ids_by_sample[t["data"]["sample_id"]] for t in batch]
         out.created.update({t["data"]["sample_id"]: i for t, i in zip(batch, ids)})
+    if new or tasks:  # Label Studio only accepts a model version it has predictions of
+        conn.set_model_version(pid, model_version)
     return out
 
 

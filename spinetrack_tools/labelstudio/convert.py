@@ -260,14 +260,19 @@ def _key(region: dict[str, Any]) -> tuple[str, str]:
     return str(region.get("parentID") or region.get("id")), (region["value"].get("keypointlabels") or [""])[0]
 
 
-def persons_from_results(results: Sequence[dict[str, Any]], k: int) -> dict[int, list[Person]]:
+def persons_from_results(results: Sequence[dict[str, Any]], k: int,
+                         image_sizes: dict[int, tuple[float, float]] | None = None) -> dict[int, list[Person]]:
     """Model predictions (COCO results as ``spinetrack predict`` writes them) grouped per image; a person
-    predicted on an annotation's box keeps that annotation's id, so corrections map back to it."""
+    predicted on an annotation's box keeps that annotation's id, so corrections map back to it. Points the
+    model marks invalid (score <= 0) or places outside the image (``image_sizes``) are not shown."""
     out: dict[int, list[Person]] = {}
     for r in results:
         kp = np.asarray(r["keypoints"], dtype=np.float64).reshape(k, 3)
         xy, conf = kp[:, :2], kp[:, 2]
-        valid = conf > 0  # the model's own invalid points (score <= 0) are not shown
+        valid = conf > 0
+        if image_sizes and int(r["image_id"]) in image_sizes:
+            w, h = image_sizes[int(r["image_id"])]
+            valid &= (xy[:, 0] >= 0) & (xy[:, 0] <= w) & (xy[:, 1] >= 0) & (xy[:, 1] <= h)
         box = r.get("person_box") or r.get("bbox")
         if box is None and valid.any():
             lo, hi = xy[valid].min(0), xy[valid].max(0)
