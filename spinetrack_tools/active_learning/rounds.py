@@ -149,6 +149,7 @@ def stage_push(ws: Workspace, n: int, echo: Echo) -> bool:
     tasks = to_labelstudio(sub, persons, image_url(root, images), f"round-{n}", pool.skeleton)
     res = push(conn, ws.config["labelstudio"]["project"], tasks, images, root, f"round-{n}", pool.skeleton)
     ids = {**res.existing, **res.created}
+    _pause("push-mid")
     with ws.db() as db:
         db.executemany("UPDATE samples SET status = 'pushed', task_id = ? WHERE file_name = ? AND round = ?",
                        [(tid, fn, n) for fn, tid in ids.items()])
@@ -176,6 +177,7 @@ def stage_pull(ws: Workspace, n: int, echo: Echo, wait: bool, annotate: Callable
         save_json(ws.round_dir(n) / "pulled.json", res.coco)
         save_json(ws.round_dir(n) / "edits.json", res.edits)
         Report("label studio pull", res.findings).write_json(ws.round_dir(n) / "pull_findings.json")
+        _pause("pull-mid")
         missing = set(wanted) - done
         echo(f"round {n}: {len(done)} of {len(wanted)} images annotated in Label Studio")
         if not missing:
@@ -261,6 +263,7 @@ def stage_merge(ws: Workspace, n: int, echo: Echo) -> bool:
         if target.exists():  # a complete file from a killed run (writes are atomic): replace it
             target.unlink()
         save_json(target, merged)
+        _pause("merge-mid")
         with ws.db() as db:
             db.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?)",
                        (version + 1, str(target), n, len(merged["images"]), len(merged["annotations"]), time.time()))
@@ -292,7 +295,7 @@ def stage_retrain(ws: Workspace, n: int, echo: Echo) -> bool:
     log = ws.round_dir(n) / "train.log"
     echo(f"round {n}: retraining ({' '.join(cmd[:4])} ...; log {log})")
     with open(log, "wb") as f:
-        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     if r.returncode != 0 or not (out / "model.onnx").is_file():
         tail = log.read_text(errors="replace").splitlines()[-3:]
         raise InputError(log, f"the retrain hook failed (exit {r.returncode}): {' | '.join(tail)}")
@@ -300,6 +303,18 @@ def stage_retrain(ws: Workspace, n: int, echo: Echo) -> bool:
     with ws.db() as db:
         ws.mark(db, n, "retrain", model=str(out / "model.onnx"), checkpoint=str(ck) if ck.is_file() else None)
     return True
+
+
+def _die_with_parent() -> None:
+    """Linux: the hook process gets SIGTERM when this process dies (a killed round leaves no orphan
+    training into the folder a re-run uses)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def evaluate_model(model_path: Path, val_path: Path, val_images: Path) -> dict[str, dict[str, float]]:

@@ -1,0 +1,143 @@
+"""Active-learning rounds against a real Label Studio, with real subprocesses killed mid-stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spinetrack_tools import synth
+from spinetrack_tools.active_learning.workspace import Workspace
+from spinetrack_tools.coco import save_coco
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+RETRAIN = ("{python} -m spinetrack_tools train --train {train} --images {images} --val {val} --val-images "
+           "{val_images} --init {init} --out {out} --epochs 1 --max-samples 8 --batch-size 4")
+
+
+def make_workspace(root: Path, name: str, info, batch: int = 6) -> tuple[Path, dict, dict]:
+    pytest.importorskip("torch")
+    data = root / name
+    pool = synth.generate(24, seed=5, image_dir=data / "images", fk="numpy")
+    save_coco(data / "truth.json", pool)
+    lab = set(im["id"] for im in pool["images"][:8])
+    save_coco(data / "labeled.json", {**pool, "images": [i for i in pool["images"] if i["id"] in lab],
+                                      "annotations": [a for a in pool["annotations"] if a["image_id"] in lab]})
+    save_coco(data / "boxes.json", pool)
+    save_coco(data / "val.json", synth.generate(4, seed=6, image_dir=data / "val_images", fk="numpy"))
+    ws = data / "ws"
+    env = {**os.environ, "LABEL_STUDIO_API_KEY": info.token, "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root)}
+    r = subprocess.run([sys.executable, "-m", "spinetrack_tools", "init", str(ws), "--pool", str(data / "images"),
+                        "--boxes", str(data / "boxes.json"), "--labeled", str(data / "labeled.json"), "--val",
+                        str(data / "val.json"), "--val-images", str(data / "val_images"), "--model",
+                        str(ROOT / "models" / "spinetrack_synth.onnx"), "--checkpoint",
+                        str(ROOT / "models" / "spinetrack_synth.pt"), "--batch-size", str(batch), "--project", name,
+                        "--labelstudio-url", info.url, "--retrain", RETRAIN], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return ws, env, pool
+
+
+def cli(env: dict, *args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spinetrack_tools", *args], env=env, capture_output=True, text=True,
+                          **kw)
+
+
+def n_tasks(info, project: str) -> int:
+    from spinetrack_tools.labelstudio.client import Connection
+
+    conn = Connection.open(info.url, info.token)
+    return sum(1 for _ in conn.iter_tasks(conn.project_id(project), fields="task_only"))
+
+
+def test_a_round_end_to_end(label_studio):
+    info, root, _ = label_studio
+    ws, env, pool = make_workspace(root, "al-e2e", info)
+    r = cli(env, "al-round", "--iter", "1", "--workspace", str(ws))
+    assert r.returncode == 0, r.stderr
+    assert "0 of 6 images annotated" in r.stdout and "waiting for annotations" in r.stdout
+    assert cli(env, "al-round", "--iter", "2", "--workspace", str(ws)).returncode == 2  # round 1 first
+    r = cli(env, "annotate-sim", "--workspace", str(ws), "--truth", str(ws.parent / "truth.json"))
+    assert r.returncode == 0 and "6 tasks annotated" in r.stdout
+    r = cli(env, "al-round", "--iter", "1", "--workspace", str(ws))
+    assert r.returncode == 0, r.stderr
+    assert "round 1: done" in r.stdout
+    st = json.loads(cli(env, "status", "--workspace", str(ws), "--json").stdout)
+    assert {m["round"] for m in st["metrics"]} == {0, 1}
+    assert st["samples"].get("merged", 0) + st["samples"].get("rejected", 0) == 6
+    w = Workspace.open(ws)
+    v, path = w.latest_dataset()
+    assert v == 1 and path.name == "labeled_v001.json" and (ws / "datasets" / "labeled_v000.json").is_file()
+    merged = json.loads(path.read_text())
+    assert all("provenance" in a for a in merged["annotations"] if a["image_id"] not in
+               {im["id"] for im in pool["images"][:8]})
+    assert (ws / "learning_curve.png").stat().st_size > 1000
+    assert n_tasks(info, "al-e2e") == 6
+
+
+def _kill_at(env: dict, ws: Path, stage: str, info, project: str, n: int = 1) -> None:
+    """Start the round, wait until it holds at ``stage`` (a pause the code offers to tests), kill -9."""
+    env = {**env, "SPINETRACK_TEST_PAUSE": f"{stage}:120"}
+    proc = subprocess.Popen([sys.executable, "-m", "spinetrack_tools", "al-round", "--iter", str(n), "--workspace",
+                             str(ws), "--wait"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    w = Workspace.open(ws)
+    reached = {"push-mid": lambda: w.stage(n) == "predict" and n_tasks(info, project) > 0,
+               "pull-mid": lambda: (w.round_dir(n) / "pulled.json").is_file(),
+               "merge-mid": lambda: (ws / "datasets" / "labeled_v001.json").is_file(),
+               "retrain": lambda: (w.round_dir(n) / "train.log").is_file()}[stage]
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not reached():
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stdout.read().decode()
+    time.sleep(1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_killed_rounds_resume_without_duplicates_or_losses(label_studio):
+    info, root, _ = label_studio
+    ws, env, pool = make_workspace(root, "al-kill", info)
+    # killed after the tasks reached Label Studio but before the state recorded them
+    _kill_at(env, ws, "push-mid", info, "al-kill")
+    assert Workspace.open(ws).stage(1) == "predict" and n_tasks(info, "al-kill") == 6
+    r = cli(env, "al-round", "--iter", "1", "--workspace", str(ws), "--until", "push")
+    assert r.returncode == 0, r.stderr
+    assert n_tasks(info, "al-kill") == 6  # no duplicates
+    assert cli(env, "annotate-sim", "--workspace", str(ws), "--truth", str(ws.parent / "truth.json")).returncode == 0
+    # killed while pulling, then while merging: nothing lost, the version file is complete or absent
+    _kill_at(env, ws, "pull-mid", info, "al-kill")
+    _kill_at(env, ws, "merge-mid", info, "al-kill")
+    w = Workspace.open(ws)
+    assert w.stage(1) == "gate"
+    json.loads((ws / "datasets" / "labeled_v001.json").read_text())  # complete JSON (atomic write)
+    # killed while training
+    _kill_at(env, ws, "retrain", info, "al-kill")
+    r = cli(env, "al-round", "--iter", "1", "--workspace", str(ws))
+    assert r.returncode == 0, r.stderr
+    w = Workspace.open(ws)
+    assert w.stage(1) == "evaluate"
+    with w.db() as db:
+        assert db.execute("SELECT COUNT(*) FROM datasets").fetchone()[0] == 2
+    merged = json.loads((ws / "datasets" / "labeled_v001.json").read_text())
+    pulled = json.loads((w.round_dir(1) / "pulled.json").read_text())
+    rejected = json.loads(json.dumps(w.counts())).get("rejected", 0)
+    assert len({a["image_id"] for a in merged["annotations"]}) >= 8 + 6 - rejected
+    assert len(pulled["images"]) == 6  # every correction came back
+    assert n_tasks(info, "al-kill") == 6
+
+
+def test_label_studio_unreachable_leaves_the_state_unchanged(label_studio, tmp_path):
+    info, root, _ = label_studio
+    ws, env, _ = make_workspace(root, "al-down", info)
+    cfg = (ws / "config.toml").read_text().replace(info.url, "http://127.0.0.1:9")
+    (ws / "config.toml").write_text(cfg)
+    r = cli(env, "al-round", "--iter", "1", "--workspace", str(ws))
+    assert r.returncode == 2 and "cannot reach Label Studio" in r.stderr and "Traceback" not in r.stderr
+    w = Workspace.open(ws)
+    assert w.stage(1) == "predict" and w.counts().get("pushed", 0) == 0
