@@ -21,8 +21,13 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from spinetrack_tools.coco import from_dict
-from spinetrack_tools.evaluate import DEFAULT_GROUPS, STAT_NAMES, detections_from_results, evaluate, \
-    ground_truth_from_coco
+from spinetrack_tools.evaluate import (
+    DEFAULT_GROUPS,
+    STAT_NAMES,
+    detections_from_results,
+    evaluate,
+    ground_truth_from_coco,
+)
 from spinetrack_tools.skeleton import SPINETRACK37
 
 

@@ -141,3 +141,20 @@ def test_label_studio_unreachable_leaves_the_state_unchanged(label_studio, tmp_p
     assert r.returncode == 2 and "cannot reach Label Studio" in r.stderr and "Traceback" not in r.stderr
     w = Workspace.open(ws)
     assert w.stage(1) == "predict" and w.counts().get("pushed", 0) == 0
+
+
+def test_quickstart_runs_the_whole_loop(tmp_path):
+    """The README's main job, at a small size: its own Label Studio, rounds, FiftyOne, the report."""
+    env = {**os.environ, "FIFTYONE_DATABASE_DIR": str(tmp_path / "fo_db"), "FIFTYONE_DO_NOT_TRACK": "true"}
+    try:
+        r = subprocess.run([sys.executable, "-m", "spinetrack_tools", "quickstart", "--dir", str(tmp_path / "q"),
+                            "--images", "24", "--rounds", "1", "--batch-size", "6"], env=env, capture_output=True,
+                           text=True, timeout=900)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        out = r.stdout
+        assert "OKS AP on the validation set per round" in out and "learning curve" in out
+        assert (tmp_path / "q" / "workspace" / "learning_curve.png").is_file()
+        st = json.loads(cli(env, "status", "--workspace", str(tmp_path / "q" / "workspace"), "--json").stdout)
+        assert {m["round"] for m in st["metrics"]} == {0, 1}
+    finally:
+        cli(env, "labelstudio", "stop", "--dir", str(tmp_path / "q" / "labelstudio"))

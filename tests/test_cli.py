@@ -89,14 +89,9 @@ def test_flag_clean_out(tmp_path):
     assert r.exit_code in (0, 1)
 
 
-def test_synth_and_quickstart(tmp_path):
-    r = run("synth", "--out", tmp_path / "s", "--images", 30, "--seed", 2, "--corrupt", 0.2)
+def test_synth(tmp_path):
+    r = run("synth", "--out", tmp_path / "s", "--images", 6, "--seed", 2, "--corrupt", 0.2)
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "s" / "annotations.json").read_text())["images"][0]["id"] == 1
     assert json.loads((tmp_path / "s" / "corruptions.json").read_text())
-    r = run("quickstart", "--dir", tmp_path / "q", "--images", 200)
-    assert r.exit_code == 0, r.output
-    scores = json.loads((tmp_path / "q" / "detection_scores.json").read_text())
-    assert scores["all"]["recall"] > 0.8 and scores["all"]["precision"] > 0.95
-    for name in ("annotations.json", "annotations_clean.json", "validate_report.json", "flag_report.json"):
-        assert (tmp_path / "q" / name).is_file()
+    assert len(list((tmp_path / "s" / "images").glob("*.jpg"))) == 6

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 from label_studio_sdk.label_interface import LabelInterface
 
 from spinetrack_tools.labelstudio.config import CONFIG_PATH, labeling_config
-from spinetrack_tools.labelstudio.convert import (Person, edits, from_labelstudio, from_result, to_labelstudio,
-                                                  to_result)
+from spinetrack_tools.labelstudio.convert import Person, edits, from_labelstudio, from_result, to_labelstudio, to_result
 from spinetrack_tools.skeleton import COCO17, SPINETRACK37
 
 K = SPINETRACK37.num_keypoints

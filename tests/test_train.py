@@ -18,8 +18,7 @@ from .conftest import write_json
 torch = pytest.importorskip("torch")
 
 from spinetrack_tools.train.model import ModelConfig, SimCCNet  # noqa: E402
-from spinetrack_tools.train.trainer import (TrainConfig, load_samples, make_batch, simcc_loss,  # noqa: E402
-                                            train)
+from spinetrack_tools.train.trainer import TrainConfig, load_samples, make_batch, simcc_loss, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -187,7 +187,10 @@ def predict(model: PoseModel, jobs: list[tuple[Path, _Job]], detector: Detector 
                           job.box_scores))
             start += c
     k = model.num_keypoints
-    cat = (lambda i, shape: np.concatenate([p[i] for p in parts]) if parts else np.zeros(shape))
+
+    def cat(i: int, shape: tuple[int, ...]) -> np.ndarray:
+        return np.concatenate([p[i] for p in parts]) if parts else np.zeros(shape)
+
     conf = cat(5, (0, k))
     return Predictions(cat(0, (0,)).astype(np.int64), cat(1, (0,)).astype(np.int64), cat(2, (0,)).astype(np.int64),
                        cat(3, (0, 4)), cat(4, (0, k, 2)), conf, instance_scores(conf, cat(6, (0,))))

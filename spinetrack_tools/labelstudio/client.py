@@ -33,7 +33,6 @@ class LabelStudioError(InputError):
 def _retry(fn: Callable[[], Any], what: str, url: str, tries: int = 4) -> Any:
     """Call ``fn`` with exponential backoff on connection errors and 5xx answers."""
     import httpx
-
     from label_studio_sdk.core.api_error import ApiError
 
     for attempt in range(tries):
