@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from spinetrack_tools.coco import from_dict
-from spinetrack_tools.evaluate import STAT_NAMES, detections_from_results, evaluate, ground_truth_from_coco
+from spinetrack_tools.evaluate import (STAT_NAMES, detections_from_results, evaluate, ground_truth_from_coco,
+                                       pycocotools_reference)
 from spinetrack_tools.skeleton import SPINETRACK37
 
 from .conftest import write_json
@@ -58,31 +54,7 @@ def random_set(seed: int, n_img: int = 120, crowd: float = 0.05, empty: float = 
 
 
 def reference(gt: dict, dets: list[dict], group: str) -> np.ndarray:
-    """pycocotools on the group's slice (num_keypoints recomputed), the protocol done by hand."""
-    idx = list(SPINETRACK37.groups[group])
-    g = copy.deepcopy(gt)
-    for a in g["annotations"]:
-        kp = np.array(a["keypoints"]).reshape(-1, 3)[idx]
-        a["keypoints"], a["num_keypoints"] = kp.ravel().tolist(), int((kp[:, 2] > 0).sum())
-    d = copy.deepcopy(dets)
-    for r in d:
-        r["keypoints"] = np.array(r["keypoints"]).reshape(-1, 3)[idx].ravel().tolist()
-    with contextlib.redirect_stdout(io.StringIO()):
-        cg = COCO()
-        cg.dataset = g
-        cg.createIndex()
-        if d:
-            cd = cg.loadRes(d)
-        else:  # pycocotools' loadRes fails on an empty list: build the empty result set by hand
-            cd = COCO()
-            cd.dataset = {"images": g["images"], "annotations": [], "categories": g["categories"]}
-            cd.createIndex()
-        e = COCOeval(cg, cd, "keypoints")
-        e.params.kpt_oks_sigmas = SPINETRACK37.sigmas[idx]
-        e.evaluate()
-        e.accumulate()
-        e.summarize()
-    return np.array(e.stats)
+    return pycocotools_reference(gt, dets, SPINETRACK37.groups[group], SPINETRACK37.sigmas)
 
 
 def ours(gt: dict, dets: list[dict], **kw) -> dict:
