@@ -51,13 +51,24 @@ def crop(image: np.ndarray, center: np.ndarray, scale: np.ndarray, input_wh: tup
     return cv2.warpAffine(image, m, (int(input_wh[0]), int(input_wh[1])), flags=cv2.INTER_LINEAR)
 
 
+# (v - mean) / std for every uint8 value and channel, computed in float64 and rounded to float32 exactly
+# as the package's float64 arithmetic followed by a float32 cast: a table lookup instead of arithmetic
+_LUT = ((np.arange(256, dtype=np.float64)[None] - MEAN[:, None]) / STD[:, None]).astype(np.float32)
+
+
 def normalize(crops: np.ndarray, rgb: bool = False, layout: str = "nchw") -> np.ndarray:
     """[N, H, W, 3] uint8 crops -> float32 network input (mean/std in the crops' channel order)."""
     x = crops[..., ::-1] if rgb else crops
-    x = (x - MEAN) / STD  # float64 first, as the package does, then float32
+    n, h, w, _ = x.shape
     if layout == "nchw":
-        x = x.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty((n, 3, h, w), dtype=np.float32)
+        for c in range(3):
+            np.take(_LUT[c], x[..., c], out=out[:, c])
+    else:
+        out = np.empty((n, h, w, 3), dtype=np.float32)
+        for c in range(3):
+            np.take(_LUT[c], x[..., c], out=out[..., c])
+    return out
 
 
 def decode_simcc(simcc_x: np.ndarray, simcc_y: np.ndarray, split_ratio: float,
