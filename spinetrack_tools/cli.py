@@ -569,13 +569,15 @@ def ls_pull(project: str, out_path: Path, edits_path: Path | None, report_path: 
               help="Prediction file(s) (spinetrack predict output), each a field pred_<name>. Repeatable.")
 @click.option("--report", "reports", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Report(s) of validate / flag / validate-biomech: findings become tags. Repeatable.")
+@click.option("--workspace", "ws_path", type=click.Path(path_type=Path, file_okay=False),
+              help="Active-learning workspace: each sample's round and status become fields (al_round, al_status).")
 @click.option("--name", help="Dataset name (default: spinetrack-<file stem>).")
 @click.option("--port", default=5151, show_default=True, type=int, help="Port of the FiftyOne App.")
 @click.option("--no-launch", is_flag=True, help="Only build the dataset.")
 @_skeleton_option_only
 @handles_errors
-def browse(file: Path, images_dir: Path, preds: tuple[Path, ...], reports: tuple[Path, ...], name: str | None,
-           port: int, no_launch: bool, skeleton_name: str) -> None:
+def browse(file: Path, images_dir: Path, preds: tuple[Path, ...], reports: tuple[Path, ...], ws_path: Path | None,
+           name: str | None, port: int, no_launch: bool, skeleton_name: str) -> None:
     """Browse labels, predictions and findings in FiftyOne (a persistent dataset, the App on 127.0.0.1).
 
     Ground truth per person with the 37-point skeleton (spine chain as one polyline) and visibility,
@@ -586,7 +588,14 @@ def browse(file: Path, images_dir: Path, preds: tuple[Path, ...], reports: tuple
     from .coco import load_coco
 
     ds = load_coco(file, skeleton=_resolve_skeleton(skeleton_name))
-    dataset = build(ds, images_dir, preds, reports, name, echo=click.echo)
+    fields = None
+    if ws_path is not None:
+        from .active_learning.workspace import Workspace
+
+        with Workspace.open(ws_path).db() as db:
+            fields = {r["image_id"]: {"al_round": r["round"], "al_status": r["status"]}
+                      for r in db.execute("SELECT image_id, round, status FROM samples")}
+    dataset = build(ds, images_dir, preds, reports, name, sample_fields=fields, echo=click.echo)
     if no_launch:
         return
     click.echo(f"FiftyOne App: http://127.0.0.1:{port}/datasets/{dataset.name} (Ctrl-C to stop)")

@@ -76,8 +76,11 @@ def run(work_dir: Path, images: int = 500, rounds: int = 3, batch_size: int = 60
     last = ws.round_dir(rounds) / "pool_pred.json"
     _, dataset_path = ws.latest_dataset()
     fo_name = "spinetrack-quickstart"
+    with ws.db() as db:
+        fields = {r["image_id"]: {"al_round": r["round"], "al_status": r["status"]}
+                  for r in db.execute("SELECT image_id, round, status FROM samples")}
     build(from_dict(truth, path=truth_path), data / "images", [last] if last.is_file() else [],
-          [data / "flag_report.json"], name=fo_name, echo=lambda s: echo("6. " + s))
+          [data / "flag_report.json"], name=fo_name, sample_fields=fields, echo=lambda s: echo("6. " + s))
     table: dict[int, dict[str, float]] = {}
     for r in rows:
         table.setdefault(r["round"], {"labelled_images": r["labelled_images"]})[r["grp"]] = r["ap"]
@@ -90,6 +93,6 @@ def run(work_dir: Path, images: int = 500, rounds: int = 3, batch_size: int = 60
     echo(f"   Label Studio project 'spinetrack-quickstart' at {info.url}; "
          f"`spinetrack labelstudio stop --dir {work_dir / 'labelstudio'}` ends the server")
     echo(f"   FiftyOne dataset {fo_name!r}: spinetrack browse {truth_path} --images {data / 'images'} "
-         f"--name {fo_name}")
+         f"--workspace {ws.path} --name {fo_name}")
     echo(f"   spinetrack status --workspace {ws.path}")
     return table
