@@ -153,8 +153,6 @@ class Connection:
         page = 1
         while True:
             params: dict[str, Any] = {"project": project, "page": page, "page_size": page_size, "fields": fields}
-            if fields == "all":  # only what we read: skips the per-task counters the server computes (25% faster)
-                params["include"] = "id,data,annotations,predictions,updated_at"
             if only_annotated:
                 params["only_annotated"] = "true"
             if query:
