@@ -3,7 +3,7 @@
 Per person: a rectangle region (id ``a<annotation id>``, or ``n<k>`` for a person without one) and one
 keypoint region per labelled joint (id ``<rect id>_k<joint>``, ``parentID`` = the rectangle), a
 per-region ``occluded`` choice for v=1, percentages of the original image size as floats, and the
-model's confidence as the region ``score``. Each task carries the image's COCO fields and the persons'
+model's confidence as the region ``score`` (clipped to [0, 1], the range Label Studio accepts). Each task carries the image's COCO fields and the persons'
 ``area`` / ``iscrowd`` / ``category_id`` in its data, so the way back restores them exactly. Keypoints
 without a parent go to the unique rectangle containing them; any that cannot be placed, and duplicate
 joints, come back as findings, never dropped silently.
@@ -38,6 +38,11 @@ class Person:
     origins: dict[int, str] = field(default_factory=dict)  # joint -> LS origin (prediction, prediction-changed, manual)
 
 
+def _unit(score: float) -> float:
+    """Label Studio accepts scores in [0, 1]; raw model confidences (SimCC maxima) can exceed 1."""
+    return float(min(max(score, 0.0), 1.0))
+
+
 def sample_id(image: dict[str, Any]) -> str:
     """The idempotency key of an image's task: its file name."""
     return str(image["file_name"])
@@ -55,7 +60,7 @@ def to_result(persons: Sequence[Person], width: float, height: float, skeleton: 
                 "value": {"x": x / width * 100, "y": y / height * 100, "width": w / width * 100,
                           "height": h / height * 100, "rotation": 0, "rectanglelabels": ["person"]}}
         if p.score is not None:
-            rect["score"] = float(p.score)
+            rect["score"] = _unit(p.score)
         out.append(rect)
         for k in np.flatnonzero(p.keypoints[:, 2] > 0):
             kid = f"{rid}_k{k}"
@@ -64,7 +69,7 @@ def to_result(persons: Sequence[Person], width: float, height: float, skeleton: 
                                 "y": float(p.keypoints[k, 1]) / height * 100,
                                 "width": KEYPOINT_SIZE, "keypointlabels": [skeleton.names[k]]}}
             if p.keypoint_scores is not None and np.isfinite(p.keypoint_scores[k]):
-                region["score"] = float(p.keypoint_scores[k])
+                region["score"] = _unit(p.keypoint_scores[k])
             out.append(region)
             if p.keypoints[k, 2] == 1:
                 out.append({"id": kid, "from_name": VISIBILITY, "to_name": IMAGE, "type": "choices",
@@ -150,7 +155,7 @@ def to_labelstudio(coco: dict[str, Any], persons_by_image: dict[int, list[Person
         tasks.append({
             "data": {IMAGE: image_url(im), "sample_id": sample_id(im), "image_id": int(im["id"]),
                      "file_name": im["file_name"], "width": im["width"], "height": im["height"], "persons": meta},
-            "predictions": [{"model_version": model_version, "score": float(min(scores)) if scores else 1.0,
+            "predictions": [{"model_version": model_version, "score": _unit(min(scores)) if scores else 1.0,
                              "result": to_result(persons, W, H, skeleton)}],
         })
     return tasks
