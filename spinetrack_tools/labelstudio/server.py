@@ -94,7 +94,7 @@ def start(folder: Path, document_root: Path, port: int | None = None, timeout: f
     if secret_file.is_file():
         cred = json.loads(secret_file.read_text())
     else:
-        cred = {"password": secrets.token_urlsafe(12), "token": secrets.token_hex(20)}
+        cred = {"password": secrets.token_hex(10), "token": secrets.token_hex(20)}
         atomic_write_text(secret_file, json.dumps(cred))
         os.chmod(secret_file, 0o600)
     port = port or _free_port()
@@ -107,8 +107,8 @@ def start(folder: Path, document_root: Path, port: int | None = None, timeout: f
     })
     log = folder / "server.log"
     cmd = [_executable(), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
-           "--data-dir", str(data_dir), "--username", USERNAME, "--password", cred["password"],
-           "--user-token", cred["token"], "--enable-legacy-api-token", "--log-level", "WARNING"]
+           "--data-dir", str(data_dir), f"--username={USERNAME}", f"--password={cred['password']}",
+           f"--user-token={cred['token']}", "--enable-legacy-api-token", "--log-level", "WARNING"]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=folder)
