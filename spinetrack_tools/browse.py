@@ -96,7 +96,7 @@ def build(ds: CocoKeypoints, images_dir: Path, predictions: Sequence[Path] = (),
     if name in fo.list_datasets():
         fo.load_dataset(name).delete()
     dataset = fo.Dataset(name, persistent=True)
-    dataset.add_samples(samples, progress=False)
+    dataset.add_samples(samples, progress=False, validate=False)  # the labels were built by us, typed
     dataset.default_skeleton = fo.KeypointSkeleton(labels=list(sk.names), edges=skeleton_edges(sk))
     dataset.info = {"source": ds.source, "skeleton": sk.name, "predictions": [str(p) for p, _ in preds.values()],
                     "reports": [str(r) for r in reports]}
