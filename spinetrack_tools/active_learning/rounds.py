@@ -59,7 +59,7 @@ def run_round(ws: Workspace, n: int, wait: bool = False, until: str | None = Non
         ("push", lambda: stage_push(ws, n, echo) if oracle is None else _skip(ws, n, "push")),
         ("pull", lambda: stage_pull(ws, n, echo, wait, annotate, poll_s, timeout_s) if oracle is None
          else _oracle_pull(ws, n, oracle)),
-        ("gate", lambda: stage_gate(ws, n, echo)),
+        ("gate", lambda: stage_gate(ws, n, echo, send_back=oracle is None)),
         ("merge", lambda: stage_merge(ws, n, echo)),
         ("retrain", lambda: stage_retrain(ws, n, echo)),
         ("evaluate", lambda: stage_evaluate(ws, n, echo)),
@@ -217,8 +217,9 @@ def stage_pull(ws: Workspace, n: int, echo: Echo, wait: bool, annotate: Callable
 
 
 # gate and merge ----------------------------------------------------------------------------------------------
-def stage_gate(ws: Workspace, n: int, echo: Echo) -> bool:
-    """validate and validate-biomech on the corrections; images with errors go back for review."""
+def stage_gate(ws: Workspace, n: int, echo: Echo, send_back: bool = True) -> bool:
+    """validate and validate-biomech on the corrections; images with errors go back for review
+    (tagged in Label Studio when ``send_back``)."""
     from ..biomech.rules import check
     from ..validate import validate
 
@@ -234,7 +235,7 @@ def stage_gate(ws: Workspace, n: int, echo: Echo) -> bool:
         if f["severity"] == "error" and f.get("image_id") is not None:
             bad.setdefault(int(f["image_id"]), []).append(f["message"])
     report.write_json(ws.round_dir(n) / "gate_report.json")
-    if bad:
+    if bad and send_back:
         _send_back(ws, bad)
     with ws.db() as db:
         db.executemany("UPDATE samples SET status = 'rejected', reasons = ? WHERE image_id = ?",
