@@ -65,10 +65,16 @@ def main() -> None:
     if "random" in curves:
         target_n, target_ap, _ = curves["random"][-1]
         print(f"random's final overall AP {target_ap:.3f} with {target_n} labelled images")
+        start_ap = curves["random"][0][1]
+        if target_ap <= start_ap:
+            print(f"  random's final AP is not above the starting model's ({start_ap:.3f}): the rounds did not help "
+                  "on this data, so no saving can be measured")
+            return
         for name, c in curves.items():
             ns = np.array([x[0] for x in c], float)
             aps = np.array([x[1] for x in c])
             reached = np.flatnonzero(aps >= target_ap)
+            reached = reached[reached > 0]  # the shared starting point does not count
             if not len(reached):
                 print(f"  {name}: does not reach it within the budget (best {aps.max():.3f})")
                 continue
