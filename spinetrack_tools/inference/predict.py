@@ -117,6 +117,7 @@ def _read(path: Path) -> np.ndarray:
 def _produce(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector | None, rgb: bool, flip: bool,
              out: "queue.Queue[Any]") -> None:
     """Background thread: read, detect, crop and normalise each image; put (job, input, centre, scale, width)."""
+    cv2.setNumThreads(1)  # OpenCV's own worker threads would compete with onnxruntime's for the cores
     try:
         for path, job in progress(jobs, total=len(jobs), description="predicting"):
             img = _read(path)
