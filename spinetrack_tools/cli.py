@@ -6,7 +6,6 @@ Exit codes: 0 success / clean, 1 the check found errors, 2 bad input or usage.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -415,16 +414,10 @@ def _ls_connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return _ls_dir_option(fn)
 
 
-def _ls_connect(url: str | None, api_key: str | None, ls_dir: Path) -> tuple[Any, Path | None]:
-    """A connection and the server's local-files root (from the local server, or the env)."""
-    from .labelstudio.client import Connection
-    from .labelstudio.server import read_info
+def _ls_connect(url: str | None, api_key: str | None, ls_dir: Path, require_root: bool = False) -> tuple[Any, Path]:
+    from .labelstudio.client import connect
 
-    root = os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
-    info = read_info(ls_dir)
-    if not url and info is not None:
-        url, api_key, root = info.url, api_key or info.token, root or info.document_root
-    return Connection.open(url, api_key), Path(root) if root else None
+    return connect(url, api_key, ls_dir, require_root)
 
 
 @labelstudio.command("start")
@@ -507,10 +500,7 @@ def ls_push(coco_path: Path, images_dir: Path, project: str, pred_path: Path | N
             raise BadInput(f"{pred_path}: expected a JSON list of results")
         sizes = dict(zip(ds.images["id"].tolist(), zip(ds.images["width"].tolist(), ds.images["height"].tolist())))
         persons = persons_from_results(results, ds.skeleton.num_keypoints, sizes)
-    conn, root = _ls_connect(url, api_key, ls_dir)
-    if root is None:
-        raise BadInput("Label Studio's local-files root is unknown: set LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT "
-                       "as the server has it")
+    conn, root = _ls_connect(url, api_key, ls_dir, require_root=True)
     tasks = to_labelstudio(ds.raw, persons, image_url(root, images_dir), model_version, ds.skeleton)
     res = push(conn, project, tasks, images_dir, root, model_version, ds.skeleton)
     if record is not None:
@@ -592,9 +582,7 @@ def browse(file: Path, images_dir: Path, preds: tuple[Path, ...], reports: tuple
     if ws_path is not None:
         from .active_learning.workspace import Workspace
 
-        with Workspace.open(ws_path).db() as db:
-            fields = {r["image_id"]: {"al_round": r["round"], "al_status": r["status"]}
-                      for r in db.execute("SELECT image_id, round, status FROM samples")}
+        fields = Workspace.open(ws_path).sample_fields()
     dataset = build(ds, images_dir, preds, reports, name, sample_fields=fields, echo=click.echo)
     if no_launch:
         return

@@ -76,11 +76,8 @@ def run(work_dir: Path, images: int = 500, rounds: int = 3, batch_size: int = 60
     last = ws.round_dir(rounds) / "pool_pred.json"
     _, dataset_path = ws.latest_dataset()
     fo_name = "spinetrack-quickstart"
-    with ws.db() as db:
-        fields = {r["image_id"]: {"al_round": r["round"], "al_status": r["status"]}
-                  for r in db.execute("SELECT image_id, round, status FROM samples")}
     build(from_dict(truth, path=truth_path), data / "images", [last] if last.is_file() else [],
-          [data / "flag_report.json"], name=fo_name, sample_fields=fields, echo=lambda s: echo("6. " + s))
+          [data / "flag_report.json"], name=fo_name, sample_fields=ws.sample_fields(), echo=lambda s: echo("6. " + s))
     table: dict[int, dict[str, float]] = {}
     for r in rows:
         table.setdefault(r["round"], {"labelled_images": r["labelled_images"]})[r["grp"]] = r["ap"]

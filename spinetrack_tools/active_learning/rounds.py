@@ -134,20 +134,10 @@ def stage_predict(ws: Workspace, n: int, echo: Echo) -> bool:
 # Label Studio ----------------------------------------------------------------------------------------------
 def connect(ws: Workspace) -> tuple[Any, Path]:
     """The Label Studio connection of the workspace and the server's local-files root."""
-    from ..labelstudio.client import Connection, LabelStudioError
-    from ..labelstudio.server import read_info
+    from ..labelstudio.client import connect as ls_connect
 
     cfg = ws.config["labelstudio"]
-    url = cfg.get("url") or os.environ.get("LABEL_STUDIO_URL")
-    key = os.environ.get("LABEL_STUDIO_API_KEY")
-    root = os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
-    info = read_info(Path(cfg["server_dir"]))
-    if not url and info is not None:
-        url, key, root = info.url, info.token, root or info.document_root
-    if not root:
-        raise LabelStudioError(None, "Label Studio's local-files root is unknown: set "
-                                     "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT as the server has it")
-    return Connection.open(url, key), Path(root)
+    return ls_connect(cfg.get("url") or None, None, Path(cfg["server_dir"]), require_root=True)
 
 
 def stage_push(ws: Workspace, n: int, echo: Echo) -> bool:

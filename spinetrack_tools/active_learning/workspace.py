@@ -112,6 +112,12 @@ class Workspace:
         with self.db() as db:
             return Path(db.execute("SELECT path FROM datasets WHERE version = ?", (version,)).fetchone()["path"])
 
+    def sample_fields(self) -> dict[int, dict[str, Any]]:
+        """Per image: its active-learning round and status (FiftyOne fields al_round / al_status)."""
+        with self.db() as db:
+            return {r["image_id"]: {"al_round": r["round"], "al_status": r["status"]}
+                    for r in db.execute("SELECT image_id, round, status FROM samples")}
+
     def counts(self) -> dict[str, int]:
         with self.db() as db:
             return {r["status"]: r["n"] for r in db.execute("SELECT status, COUNT(*) n FROM samples GROUP BY status")}

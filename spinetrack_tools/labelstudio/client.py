@@ -184,6 +184,25 @@ class Connection:
                                                   score=score), "adding a prediction", self.url)
 
 
+def connect(url: str | None = None, api_key: str | None = None, server_dir: Path | None = None,
+            require_root: bool = False) -> tuple[Connection, Path | None]:
+    """A connection and the server's local-files root: the given URL and key (or LABEL_STUDIO_URL /
+    LABEL_STUDIO_API_KEY), else the local server started from ``server_dir``; the root from
+    LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT or that server."""
+    from .server import read_info
+
+    url = url or os.environ.get("LABEL_STUDIO_URL")
+    api_key = api_key or os.environ.get("LABEL_STUDIO_API_KEY")
+    root = os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+    info = read_info(server_dir) if server_dir is not None else None
+    if not url and info is not None:
+        url, api_key, root = info.url, api_key or info.token, root or info.document_root
+    if require_root and not root:
+        raise LabelStudioError(None, "Label Studio's local-files root is unknown: set "
+                                     "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT as the server has it")
+    return Connection.open(url, api_key), Path(root) if root else None
+
+
 def image_url(document_root: Path, images_dir: Path) -> Callable[[dict[str, Any]], str]:
     """Task image URL served by Label Studio's local-files view (path relative to its root)."""
     rel = images_dir.resolve().relative_to(document_root.resolve())
