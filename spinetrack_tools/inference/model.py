@@ -23,6 +23,9 @@ def make_session(path: str | Path, threads: int = 2):
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # idle workers stop spinning when a run returns (they still spin within a run), leaving the cores to
+    # the image preparation between runs
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for unreadable graphs

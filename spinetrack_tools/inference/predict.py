@@ -1,13 +1,13 @@
 """Batch pre-annotation: person boxes (from a COCO file or a detector) -> keypoints, as COCO results.
 
-Images are read (BGR, as ``cv2.imread``) and cropped in a background thread while the main thread runs
-the network, so decoding and cropping overlap inference; crops of several images share a batch.
+Images are read (BGR, as ``cv2.imread``), cropped and normalised by worker threads, one image per thread,
+between network runs; crops of several images share a batch.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -114,56 +114,53 @@ def _read(path: Path) -> np.ndarray:
     return img
 
 
-def _produce(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector | None, rgb: bool, flip: bool,
-             out: "queue.Queue[Any]") -> None:
-    """Background thread: read, detect, crop and normalise each image; put (job, input, centre, scale, width)."""
-    cv2.setNumThreads(1)  # OpenCV's own worker threads would compete with onnxruntime's for the cores
-    try:
-        for path, job in progress(jobs, total=len(jobs), description="predicting"):
-            img = _read(path)
-            if detector is not None:
-                boxes, scores = detector(img)
-                job = _Job(job.image_id, np.ones(len(boxes), int), np.full(len(boxes), MISSING_ID), boxes, scores)
-            boxes = job.boxes
-            if flip:  # mirror the image and the boxes; the keypoints are mirrored back after decoding
-                img = np.ascontiguousarray(img[:, ::-1])
-                boxes = boxes.copy()
-                boxes[:, 0] = img.shape[1] - boxes[:, 0] - boxes[:, 2]
-            center, scale = T.box_center_scale(boxes, model.input_wh)
-            crops = np.stack([T.crop(img, c, s, model.input_wh) for c, s in zip(center, scale)]) if len(center) \
-                else np.zeros((0, model.input_wh[1], model.input_wh[0], 3), np.uint8)
-            out.put((job, T.normalize(crops, rgb, model.layout), center, scale, np.full(len(center), img.shape[1])))
-    except BaseException as e:  # surface in the main thread
-        out.put(e)
-    out.put(None)
+def _prepare(path: Path, job: _Job, model: PoseModel, detector: Detector | None, rgb: bool,
+             flip: bool) -> tuple[_Job, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read, detect, crop and normalise one image: (job, network input, centres, scales, image widths)."""
+    img = _read(path)
+    if detector is not None:
+        boxes, scores = detector(img)
+        job = _Job(job.image_id, np.ones(len(boxes), int), np.full(len(boxes), MISSING_ID), boxes, scores)
+    boxes = job.boxes
+    if flip:  # mirror the image and the boxes; the keypoints are mirrored back after decoding
+        img = np.ascontiguousarray(img[:, ::-1])
+        boxes = boxes.copy()
+        boxes[:, 0] = img.shape[1] - boxes[:, 0] - boxes[:, 2]
+    center, scale = T.box_center_scale(boxes, model.input_wh)
+    crops = np.stack([T.crop(img, c, s, model.input_wh) for c, s in zip(center, scale)]) if len(center) \
+        else np.zeros((0, model.input_wh[1], model.input_wh[0], 3), np.uint8)
+    return job, T.normalize(crops, rgb, model.layout), center, scale, np.full(len(center), img.shape[1])
 
 
 def _batches(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector | None, rgb: bool, flip: bool,
-             batch_size: int, prefetch: int) -> Iterator[tuple[list[_Job], list[int], np.ndarray, np.ndarray,
-                                                                  np.ndarray, np.ndarray]]:
-    q: "queue.Queue[Any]" = queue.Queue(maxsize=prefetch)
-    worker = threading.Thread(target=_produce, args=(jobs, model, detector, rgb, flip, q), daemon=True)
-    worker.start()
-    pending: list[tuple[_Job, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    size = 0
-    while True:
-        item = q.get()
-        if isinstance(item, BaseException):
-            raise item
-        if item is not None:
-            pending.append(item)
-            size += len(item[1])
-        if pending and (size >= batch_size or item is None):
-            yield ([p[0] for p in pending], [len(p[1]) for p in pending], np.concatenate([p[1] for p in pending]),
-                   np.concatenate([p[2] for p in pending]), np.concatenate([p[3] for p in pending]),
-                   np.concatenate([p[4] for p in pending]))
-            pending, size = [], 0
-        if item is None:
-            return
+             batch_size: int, threads: int) -> Iterator[tuple[list[_Job], list[int], np.ndarray, np.ndarray,
+                                                                 np.ndarray, np.ndarray]]:
+    """Batches of at least ``batch_size`` crops (whole images), in job order.
+
+    The images of each batch are prepared by ``threads`` worker threads while the network is idle, then the
+    network runs on all cores: preparing during inference would only take the cores from onnxruntime,
+    whose threads wait for each other at every layer.
+    """
+    cv2.setNumThreads(1)  # parallel across images instead
+    todo = iter(progress(jobs, total=len(jobs), description="predicting"))
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        while True:
+            group, need = [], batch_size
+            for path, job in todo:  # images until their known boxes fill a batch (detector: one each)
+                group.append((path, job))
+                need -= 1 if detector is not None else max(1, len(job.boxes))
+                if need <= 0:
+                    break
+            if not group:
+                return
+            items = list(pool.map(lambda pj: _prepare(pj[0], pj[1], model, detector, rgb, flip), group))
+            yield ([p[0] for p in items], [len(p[1]) for p in items], np.concatenate([p[1] for p in items]),
+                   np.concatenate([p[2] for p in items]), np.concatenate([p[3] for p in items]),
+                   np.concatenate([p[4] for p in items]))
 
 
 def predict(model: PoseModel, jobs: list[tuple[Path, _Job]], detector: Detector | None = None,
-            batch_size: int = 16, rgb: bool = False, score_mode: str = "mean", prefetch: int = 8,
+            batch_size: int = 16, rgb: bool = False, score_mode: str = "mean",
             flip_index: np.ndarray | None = None) -> Predictions:
     """Run ``model`` on every job's boxes (or the detector's) and return the predictions in job order.
 
@@ -172,8 +169,9 @@ def predict(model: PoseModel, jobs: list[tuple[Path, _Job]], detector: Detector 
     """
     parts: list[tuple] = []
     flip = flip_index is not None
+    threads = model.session.get_session_options().intra_op_num_threads or os.cpu_count() or 1
     for batch_jobs, counts, x, center, scale, width in _batches(jobs, model, detector, rgb, flip, batch_size,
-                                                                prefetch):
+                                                                threads):
         if len(x):
             kp, conf = model.decode(model.run(x), center, scale, score_mode)
             if flip:
