@@ -90,6 +90,76 @@ def test_build_reads_back(fo_env, scene):
     dataset.delete()
 
 
+def _comparable(x):
+    """A label or sample document without its ids, timestamps and random key; NaN as None."""
+    if isinstance(x, dict):
+        return {k: _comparable(v) for k, v in x.items()
+                if k not in ("_id", "id", "created_at", "last_modified_at", "_rand", "_dataset_id")}
+    if isinstance(x, list):
+        return [_comparable(v) for v in x]
+    return None if isinstance(x, float) and np.isnan(x) else x
+
+
+def _field_types(dataset) -> dict:
+    schema = {**dataset.get_field_schema(flat=True), **dataset.get_dynamic_field_schema()}
+    return {k: (type(f).__name__, getattr(f, "document_type", None)) for k, f in schema.items()}
+
+
+def test_bulk_documents_match_fiftyone_objects(fo_env, scene):
+    """The documents written in bulk are what fo.Sample / fo.Keypoint / fo.Detection and add_samples make
+    of the same labels: same stored values (NaN points, visibility, attributes), same schema."""
+    import fiftyone as fo
+
+    from spinetrack_tools.browse import build
+    from spinetrack_tools.evaluate import oks
+
+    d, coco, _ = scene
+    hidden = max(coco["annotations"], key=lambda a: a["keypoints"][2::3].count(0))  # with v=0 points
+    im = next(im for im in coco["images"] if im["id"] == hidden["image_id"])
+    W, H = im["width"], im["height"]
+    fast = build(load_coco(d / "gt.json"), d / "images", [d / "pred.json"], [d / "flag.json"], name="t-bulk",
+                 sample_fields={im["id"]: {"al_round": 2, "al_status": "labelled", "none": None}},
+                 echo=lambda s: None)
+    got = fo.load_dataset("t-bulk").match({"coco_id": im["id"]}).first()
+    sk = load_coco(d / "gt.json").skeleton
+    report = [f for f in json.loads((d / "flag.json").read_text())["findings"] if f["severity"] != "info"]
+    preds = {p["annotation_id"]: p for p in json.loads((d / "pred.json").read_text())}
+    kps, dets, pks, found = [], [], [], []
+    tags = {f["check"] for f in report if f.get("annotation_id") is None and f.get("image_id") == im["id"]}
+    for a in (a for a in coco["annotations"] if a["image_id"] == im["id"]):
+        kp = np.array(a["keypoints"], dtype=float).reshape(-1, 3)
+        mine = [f for f in report if f.get("annotation_id") == a["id"]]
+        severity = "error" if any(f["severity"] == "error" for f in mine) else ("warning" if mine else "")
+        attrs = {"coco_id": a["id"], "findings": sorted({f["check"] for f in mine}), "severity": severity}
+        tags.update(attrs["findings"])
+        points = [(x / W, y / H) if v > 0 else (np.nan, np.nan) for x, y, v in kp]
+        kps.append(fo.Keypoint(label="person", points=points, visible=kp[:, 2].astype(int).tolist(), **attrs))
+        x, y, w, h = a["bbox"]
+        dets.append(fo.Detection(label="person", bounding_box=[x / W, y / H, w / W, h / H], **attrs))
+        pk = np.array(preds[a["id"]]["keypoints"], dtype=float).reshape(-1, 3)
+        found.append(float(oks(kp[None], pk[None], np.array([a["area"]]), sk.sigmas)[0]))
+        pks.append(fo.Keypoint(label="person", points=[(x / W, y / H) for x, y, _ in pk],
+                               confidence=pk[:, 2].tolist(), oks=found[-1], gt_id=a["id"], score=0.9))
+    ref = fo.Dataset()
+    try:
+        ref.add_samples([fo.Sample(filepath=got.filepath, metadata=fo.ImageMetadata(width=W, height=H),
+                                   coco_id=im["id"], tags=sorted(tags), gt_keypoints=fo.Keypoints(keypoints=kps),
+                                   gt_boxes=fo.Detections(detections=dets), pred_pred=fo.Keypoints(keypoints=pks),
+                                   pred_pred_min_oks=min(found), al_round=2, al_status="labelled")])
+        want = ref.first()
+        assert any(np.isnan(p[0]) for k in got.gt_keypoints.keypoints for p in k.points)  # v=0 points
+        assert tags and any(k.findings for k in got.gt_keypoints.keypoints)
+        assert _comparable(got.to_mongo_dict()) == _comparable(want.to_mongo_dict())
+        assert _field_types(fast) == _field_types(ref)
+        assert _field_types(fast)["gt_keypoints"] == ("EmbeddedDocumentField", fo.Keypoints)
+        assert _field_types(fast)["gt_boxes"] == ("EmbeddedDocumentField", fo.Detections)
+        assert type(got.metadata) is fo.ImageMetadata and got.gt_keypoints.keypoints[0].visible == kps[0].visible
+        assert len(fast.take(5)) == 5 and len(fast.load_saved_view("round-2")) == 1
+    finally:
+        ref.delete()
+        fast.delete()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
