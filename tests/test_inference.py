@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -79,7 +80,9 @@ def test_dark_refines_heatmap_peaks_to_sub_pixel():
 def test_predict_on_coco_boxes(scene, models):
     d, coco = scene
     ds = from_dict(coco)
+    cv2_threads = cv2.getNumThreads()
     preds = predict(PoseModel.load(models["simcc"]), jobs_from_coco(ds, d / "images"), batch_size=5)
+    assert cv2.getNumThreads() == cv2_threads  # OpenCV's process-wide setting is given back
     expected = [a["id"] for a in coco["annotations"] if not a["iscrowd"]]
     assert sorted(preds.source_ids.tolist()) == sorted(expected)
     assert preds.keypoints.shape == (len(expected), 37, 2) and preds.confidences.shape == (len(expected), 37)

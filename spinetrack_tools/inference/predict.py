@@ -141,22 +141,24 @@ def _batches(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector
     network runs on all cores: preparing during inference would only take the cores from onnxruntime,
     whose threads wait for each other at every layer.
     """
-    cv2.setNumThreads(1)  # parallel across images instead
+    cv2_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # parallel across images instead (a process-wide setting: restored below)
     todo = iter(progress(jobs, total=len(jobs), description="predicting"))
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        while True:
-            group, need = [], batch_size
-            for path, job in todo:  # images until their known boxes fill a batch (detector: one each)
-                group.append((path, job))
-                need -= 1 if detector is not None else max(1, len(job.boxes))
-                if need <= 0:
-                    break
-            if not group:
-                return
-            items = list(pool.map(lambda pj: _prepare(pj[0], pj[1], model, detector, rgb, flip), group))
-            yield ([p[0] for p in items], [len(p[1]) for p in items], np.concatenate([p[1] for p in items]),
-                   np.concatenate([p[2] for p in items]), np.concatenate([p[3] for p in items]),
-                   np.concatenate([p[4] for p in items]))
+    try:
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            while True:
+                group, need = [], batch_size
+                for path, job in todo:  # images until their known boxes fill a batch (detector: one each)
+                    group.append((path, job))
+                    need -= 1 if detector is not None else max(1, len(job.boxes))
+                    if need <= 0:
+                        break
+                if not group:
+                    return
+                jobs_, *arrays = zip(*pool.map(lambda pj: _prepare(*pj, model, detector, rgb, flip), group))
+                yield (list(jobs_), [len(x) for x in arrays[0]], *(np.concatenate(a) for a in arrays))
+    finally:
+        cv2.setNumThreads(cv2_threads)
 
 
 def predict(model: PoseModel, jobs: list[tuple[Path, _Job]], detector: Detector | None = None,
