@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -162,3 +163,20 @@ def test_cli_push_pull_and_status(tmp_path, label_studio):
     assert r.returncode == 0 and info.url in r.stdout
     assert status(folder)["healthy"]
     assert not stop(tmp_path)  # nothing of ours runs from an unrelated folder
+
+
+def test_local_server_runs_label_studios_settings_without_the_telemetry_middleware(label_studio):
+    info, _, _ = label_studio
+    environ = dict(kv.split(b"=", 1) for kv in open(f"/proc/{info.pid}/environ", "rb").read().split(b"\0") if b"=" in kv)
+    assert environ[b"DJANGO_SETTINGS_MODULE"] == b"spinetrack_tools.labelstudio.ls_settings"
+    code = ("import os, sys, label_studio; sys.path.insert(0, os.path.dirname(label_studio.__file__)); "
+            "from spinetrack_tools.labelstudio import ls_settings as ours; "
+            "from label_studio.core.settings import label_studio as theirs; "
+            "names = [n for n in dir(theirs) if n.isupper() and n != 'MIDDLEWARE']; "
+            "assert all(getattr(ours, n) is getattr(theirs, n) for n in names), 'a setting differs'; "
+            "assert ours.TELEMETRY_MIDDLEWARE in theirs.MIDDLEWARE; "
+            "assert ours.MIDDLEWARE == [m for m in theirs.MIDDLEWARE if m != ours.TELEMETRY_MIDDLEWARE]; print('ok')")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "spinetrack_tools.labelstudio.ls_settings",
+           "LABEL_STUDIO_BASE_DATA_DIR": str(info.data_dir)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
