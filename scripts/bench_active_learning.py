@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark: active-learning strategies against random selection on synthetic data with a domain shift.
 
-The starting model is trained on a source domain (people standing, sitting or bending; trained once and
-kept in --work). The unlabelled pool comes from a target domain that also has people lying and upside
-down (a minority of it), which the source model has never seen; the validation set has every posture
-equally, as a benchmark would. The initial labelled set is source-domain images (kept in every
+The starting model is trained on a source domain (people standing; trained once and kept in --work), as
+body datasets are dominated by upright people. The unlabelled pool comes from a target domain where most
+people stand again but a fifth sit or bend (the flexed spines SpineTrack is about); the validation set
+has the three postures equally. The initial labelled set is source-domain images (kept in every
 retraining, so the model does not forget them).
 
 Same pool, same initial labelled set, same seed, same batch size and rounds for every strategy; the
@@ -12,7 +12,7 @@ selected images' true labels stand in for the annotators (no Label Studio), the 
 fine-tunes from the previous round on everything labelled so far, and the validation set (unseen
 images) gives OKS AP after every round. Prints AP per round per strategy and, for each strategy, the
 labelled pool images it needed to reach random's final overall AP (interpolated) against random's count:
-the saving (target: >= 25% for the default, hybrid).
+the saving (target: >= 25% for the default strategy).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from spinetrack_tools import synth
+from spinetrack_tools.active_learning import DEFAULT_STRATEGY
 from spinetrack_tools.active_learning.rounds import run_round
 from spinetrack_tools.active_learning.workspace import init
 from spinetrack_tools.coco import save_coco
@@ -49,7 +50,7 @@ def merge(a: dict, b: dict, prefix_a: str, prefix_b: str) -> dict:
 
 def source_model(work: Path, images: int, epochs: int, postures: tuple[str, ...]) -> Path:
     """Train (once; reused from ``work``) the starting model on the source domain."""
-    run = work / "source-model"
+    run = work / f"source-model-{'-'.join(dict.fromkeys(postures))}-{images}x{epochs}"  # one per setting
     if (run / "model.pt").is_file():
         return run
     for split, n, seed in (("train", images, 300), ("val", max(images // 10, 30), 301)):
@@ -68,12 +69,12 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=100)
     ap.add_argument("--batch", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--source-postures", default="standing,sitting,bending")
-    ap.add_argument("--target-postures", default="standing:3,sitting:3,bending:2,lying:1,inverted:1",
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--source-postures", default="standing")
+    ap.add_argument("--target-postures", default="standing:8,sitting:1,bending:1",
                     help="posture:weight of the pool's persons")
-    ap.add_argument("--val-postures", default="standing,sitting,bending,lying,inverted")
+    ap.add_argument("--val-postures", default="standing,sitting,bending")
     ap.add_argument("--source-images", type=int, default=1200)
     ap.add_argument("--source-epochs", type=int, default=10)
     ap.add_argument("--work", type=Path, help="folder kept between runs (the source model); default temporary")
@@ -131,7 +132,8 @@ def main() -> None:
                 continue
             i = reached[0]
             need = ns[i] if i == 0 else ns[i - 1] + (target_ap - aps[i - 1]) / (aps[i] - aps[i - 1]) * (ns[i] - ns[i - 1])
-            print(f"  {name}: reaches it with {need:.0f} labelled images, saving {1 - need / target_n:.0%}")
+            print(f"  {name}: reaches it with {need:.0f} labelled images, saving {1 - need / target_n:.0%}"
+                  + (" (the default strategy; target >= 25%)" if name == DEFAULT_STRATEGY else ""))
 
 
 if __name__ == "__main__":

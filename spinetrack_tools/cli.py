@@ -14,6 +14,7 @@ import click
 import numpy as np
 
 from . import __version__
+from .active_learning import DEFAULT_STRATEGY, STRATEGY_NAMES
 from .findings import Report
 from .io import InputError, dumps_json, save_json
 from .skeleton import KNOWN_SKELETONS, SPINETRACK37, Skeleton
@@ -604,8 +605,7 @@ def browse(file: Path, images_dir: Path, preds: tuple[Path, ...], reports: tuple
               help="The current ONNX model (for example models/spinetrack_synth.onnx).")
 @click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
               help="Its training checkpoint, to fine-tune from (models/spinetrack_synth.pt).")
-@click.option("--strategy", default="hybrid", show_default=True,
-              type=click.Choice(["random", "least_confidence", "flip", "biomech", "hybrid"]))
+@click.option("--strategy", default=DEFAULT_STRATEGY, show_default=True, type=click.Choice(STRATEGY_NAMES))
 @click.option("--batch-size", default=50, show_default=True, type=click.IntRange(1), help="Images per round.")
 @click.option("--project", help="Label Studio project title (default spinetrack-al-<workspace name>).")
 @click.option("--labelstudio-url", default="", help="Label Studio URL (default: LABEL_STUDIO_URL, or the "
@@ -751,8 +751,7 @@ def synth(out_dir: Path, num_images: int, seed: int, persons_per_image: tuple[in
 @click.option("--images", "num_images", default=500, show_default=True, type=click.IntRange(20),
               help="Synthetic pool images.")
 @click.option("--batch-size", default=60, show_default=True, type=click.IntRange(1), help="Images per round.")
-@click.option("--strategy", default="hybrid", show_default=True,
-              type=click.Choice(["random", "least_confidence", "flip", "biomech", "hybrid"]))
+@click.option("--strategy", default=DEFAULT_STRATEGY, show_default=True, type=click.Choice(STRATEGY_NAMES))
 @click.option("--seed", default=0, show_default=True, type=int)
 @handles_errors
 def quickstart(work_dir: Path, rounds: int, num_images: int, batch_size: int, strategy: str, seed: int) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import synth
+from .active_learning import DEFAULT_STRATEGY
 from .coco import from_dict, save_coco
 from .quality import flag
 from .validate import validate
@@ -24,7 +25,7 @@ QUICK_RETRAIN = ("{python} -m spinetrack_tools train --train {train} --images {i
 
 
 def run(work_dir: Path, images: int = 500, rounds: int = 3, batch_size: int = 60, val_images: int = 120,
-        labelled: int = 40, seed: int = 0, strategy: str = "hybrid", launch_browser: bool = False,
+        labelled: int = 40, seed: int = 0, strategy: str = DEFAULT_STRATEGY, launch_browser: bool = False,
         echo: Callable[[str], None] = print) -> dict:
     """Run the demo in ``work_dir``; returns the AP per round."""
     from .active_learning import simulate

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import tomli_w
 
+from . import DEFAULT_STRATEGY
 from ..coco import load_coco
 from ..io import InputError, atomic_write_bytes
 
@@ -124,7 +125,7 @@ class Workspace:
 
 
 def init(path: Path, pool_images: Path, boxes: Path, labeled: Path, val: Path, model: Path,
-         checkpoint: Path | None = None, val_images: Path | None = None, strategy: str = "hybrid",
+         checkpoint: Path | None = None, val_images: Path | None = None, strategy: str = DEFAULT_STRATEGY,
          batch_size: int = 50, project: str | None = None, retrain: str = DEFAULT_RETRAIN,
          labelstudio_url: str = "", server_dir: Path | None = None, seed: int = 0) -> Workspace:
     """Create a workspace (refuses an existing one). ``boxes`` lists the pool images and their person
