@@ -167,7 +167,8 @@ def test_cli_push_pull_and_status(tmp_path, label_studio):
 
 def test_local_server_runs_label_studios_settings_without_the_telemetry_middleware(label_studio):
     info, _, _ = label_studio
-    environ = dict(kv.split(b"=", 1) for kv in open(f"/proc/{info.pid}/environ", "rb").read().split(b"\0") if b"=" in kv)
+    raw = open(f"/proc/{info.pid}/environ", "rb").read().split(b"\0")
+    environ = dict(kv.split(b"=", 1) for kv in raw if b"=" in kv)
     assert environ[b"DJANGO_SETTINGS_MODULE"] == b"spinetrack_tools.labelstudio.ls_settings"
     code = ("import os, sys, label_studio; sys.path.insert(0, os.path.dirname(label_studio.__file__)); "
             "from spinetrack_tools.labelstudio import ls_settings as ours; "
