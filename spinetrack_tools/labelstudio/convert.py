@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..findings import Finding
+from ..gcpause import gc_paused
 from ..skeleton import SPINETRACK37, Skeleton
 from .config import IMAGE, KEYPOINTS, OCCLUDED, PERSON, VISIBILITY
 
@@ -134,6 +135,7 @@ def from_result(result: Sequence[dict[str, Any]], width: float, height: float, s
     return list(persons.values()), findings
 
 
+@gc_paused()  # a million small dicts for 5,000 tasks: 2.5 -> 1.2 s (see gcpause)
 def to_labelstudio(coco: dict[str, Any], persons_by_image: dict[int, list[Person]] | None = None,
                    image_url: Callable[[dict[str, Any]], str] = lambda im: str(im["file_name"]),
                    model_version: str = "spinetrack", skeleton: Skeleton = SPINETRACK37) -> list[dict[str, Any]]:
