@@ -127,6 +127,22 @@ def test_incremental_pull_and_cancelled_annotations(pushed):
     assert tasks[2]["data"]["image_id"] not in ids
 
 
+def test_task_listing_pages_through_every_task_once_with_the_fields_pull_reads(pushed):
+    conn, coco, tasks, res, _ = pushed
+    pid = res.project
+    one_page = list(conn.iter_tasks(pid))
+    paged = list(conn.iter_tasks(pid, page_size=2))  # 3 pages, the next fetched while this one is read
+    assert [t["id"] for t in paged] == [t["id"] for t in one_page]
+    assert sorted(t["id"] for t in paged) == sorted(res.created.values())
+    t = next(t for t in paged if t["id"] == res.created[tasks[0]["data"]["sample_id"]])
+    assert set(t) == {"id", "data", "annotations", "predictions"}
+    assert t["data"] == {**tasks[0]["data"], "image": t["data"]["image"]}
+    assert t["predictions"][0]["result"] == tasks[0]["predictions"][0]["result"]
+    assert {"id", "model_version", "created_at"} <= set(t["predictions"][0])
+    annotated = [a for t in paged for a in t["annotations"]]
+    assert annotated and all({"id", "result", "was_cancelled", "updated_at"} <= set(a) for a in annotated)
+
+
 def test_errors_are_clear(label_studio):
     info, _, _ = label_studio
     with pytest.raises(LabelStudioError, match="cannot reach Label Studio"):
@@ -165,7 +181,7 @@ def test_cli_push_pull_and_status(tmp_path, label_studio):
     assert not stop(tmp_path)  # nothing of ours runs from an unrelated folder
 
 
-def test_local_server_runs_label_studios_settings_without_the_telemetry_middleware(label_studio):
+def test_local_server_runs_label_studios_settings_without_telemetry_and_with_gc_paused_per_request(label_studio):
     info, _, _ = label_studio
     raw = open(f"/proc/{info.pid}/environ", "rb").read().split(b"\0")
     environ = dict(kv.split(b"=", 1) for kv in raw if b"=" in kv)
@@ -176,7 +192,11 @@ def test_local_server_runs_label_studios_settings_without_the_telemetry_middlewa
             "names = [n for n in dir(theirs) if n.isupper() and n != 'MIDDLEWARE']; "
             "assert all(getattr(ours, n) is getattr(theirs, n) for n in names), 'a setting differs'; "
             "assert ours.TELEMETRY_MIDDLEWARE in theirs.MIDDLEWARE; "
-            "assert ours.MIDDLEWARE == [m for m in theirs.MIDDLEWARE if m != ours.TELEMETRY_MIDDLEWARE]; print('ok')")
+            "assert ours.MIDDLEWARE == [ours.PAUSE_GC_MIDDLEWARE] + "
+            "[m for m in theirs.MIDDLEWARE if m != ours.TELEMETRY_MIDDLEWARE]; "
+            "import gc; from django.utils.module_loading import import_string; "
+            "mw = import_string(ours.PAUSE_GC_MIDDLEWARE)(lambda request: gc.isenabled()); "
+            "assert gc.isenabled() and mw(None) is False and gc.isenabled(); print('ok')")
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "spinetrack_tools.labelstudio.ls_settings",
            "LABEL_STUDIO_BASE_DATA_DIR": str(info.data_dir)}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

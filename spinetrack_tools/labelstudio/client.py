@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -16,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import orjson
 
 from ..findings import Finding
+from ..gcpause import gc_paused
 from ..io import InputError
 from ..progress import progress
 from ..skeleton import SPINETRACK37, Skeleton
@@ -23,6 +25,7 @@ from .config import labeling_config
 from .convert import edits, from_labelstudio, latest_annotation
 
 SAMPLING = "Uncertainty sampling"
+TASK_FIELDS = "id,data,annotations,predictions"  # what from_labelstudio and edits read
 WATERMARK_OVERLAP_S = 60  # re-read this much before the watermark: clocks and saves are not atomic
 
 
@@ -144,31 +147,43 @@ class Connection:
     # tasks -----------------------------------------------------------------------------------------------
     def iter_tasks(self, project: int, only_annotated: bool = False, updated_after: str | None = None,
                    page_size: int = 500, fields: str = "all") -> Iterator[dict[str, Any]]:
-        """Every task of a project (raw dicts), optionally only annotated ones updated after a time."""
-        filters = []
+        """Every task of a project (raw dicts), optionally only annotated ones updated after a time.
+
+        ``fields="all"`` returns each task's id, data, annotations and predictions and nothing else: Label
+        Studio then skips its per-task counters and lookups, which makes the listing about three times
+        faster. The next page is fetched in a background thread while the caller works on this one.
+        """
+        params: dict[str, Any] = {"project": project, "page_size": page_size, "fields": fields}
+        if fields == "all":
+            params.update(include=TASK_FIELDS, expand="annotations")
+        if only_annotated:
+            params["only_annotated"] = "true"
         if updated_after:
-            filters.append({"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
-                            "value": updated_after})
-        query = orjson.dumps({"filters": {"conjunction": "and", "items": filters}}).decode() if filters else None
-        page = 1
-        while True:
-            params: dict[str, Any] = {"project": project, "page": page, "page_size": page_size, "fields": fields}
-            if only_annotated:
-                params["only_annotated"] = "true"
-            if query:
-                params["query"] = query
-            try:
-                data = self._raw("GET", "api/tasks/", params)
-            except LabelStudioError as e:
-                if "404" in str(e) and page > 1:  # past the last page
+            params["query"] = orjson.dumps({"filters": {"conjunction": "and", "items": [
+                {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
+                 "value": updated_after}]}}).decode()
+
+        def fetch(page: int) -> Any:
+            return self._raw("GET", "api/tasks/", {**params, "page": page})
+
+        with ThreadPoolExecutor(1, thread_name_prefix="label-studio-pages") as pool:
+            page, pending = 1, pool.submit(fetch, 1)
+            while True:
+                try:
+                    data = pending.result()
+                except LabelStudioError as e:
+                    if "404" in str(e) and page > 1:  # past the last page
+                        return
+                    raise
+                tasks = data.get("tasks", data) if isinstance(data, dict) else data
+                total = data.get("total") if isinstance(data, dict) else None
+                last = len(tasks) < page_size or (total is not None and page * page_size >= total)
+                if not last:
+                    pending = pool.submit(fetch, page + 1)
+                yield from tasks
+                if last:
                     return
-                raise
-            tasks = data.get("tasks", data) if isinstance(data, dict) else data
-            yield from tasks
-            total = data.get("total") if isinstance(data, dict) else None
-            if len(tasks) < page_size or (total is not None and page * page_size >= total):
-                return
-            page += 1
+                page += 1
 
     def sample_ids(self, project: int) -> dict[str, int]:
         """sample_id -> task id of the tasks already in the project."""
@@ -283,12 +298,18 @@ def pull(conn: Connection, project_title: str, since: str | None = None, skeleto
     same annotations again (the caller merges by annotation id, so pulls are idempotent).
     """
     pid = conn.project_id(project_title)
-    tasks = [t for t in conn.iter_tasks(pid, only_annotated=True, updated_after=_minus(since, WATERMARK_OVERLAP_S))
-             if latest_annotation(t) is not None
-             and (sample_ids is None or str(t["data"].get("sample_id")) in sample_ids)]
-    coco, findings = from_labelstudio(tasks, skeleton, first_new_id=first_new_id)
-    ed = [e for t in tasks for e in edits(t, skeleton)]
-    stamps = [str(latest_annotation(t).get("updated_at") or "") for t in tasks]
-    watermark = max([s for s in stamps if s] + ([since] if since else []), default=None)
-    return PullResult(coco, findings, ed, watermark, len(tasks))
+    ed: list[dict[str, Any]] = []
+    stamps: list[str] = []
 
+    def annotated() -> Iterator[dict[str, Any]]:  # converted page by page, while the next page loads
+        for t in conn.iter_tasks(pid, only_annotated=True, updated_after=_minus(since, WATERMARK_OVERLAP_S)):
+            ann = latest_annotation(t)
+            if ann is not None and (sample_ids is None or str(t["data"].get("sample_id")) in sample_ids):
+                ed.extend(edits(t, skeleton))
+                stamps.append(str(ann.get("updated_at") or ""))
+                yield t
+
+    with gc_paused():  # about a million small objects: see gcpause
+        coco, findings = from_labelstudio(annotated(), skeleton, first_new_id=first_new_id)
+    watermark = max([s for s in stamps if s] + ([since] if since else []), default=None)
+    return PullResult(coco, findings, ed, watermark, len(stamps))
