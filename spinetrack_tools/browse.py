@@ -12,7 +12,6 @@ so ``fiftyone`` commands and Python sessions see the same datasets.
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 from collections import defaultdict
@@ -25,6 +24,7 @@ import pandas as pd
 
 from .coco import CocoKeypoints
 from .evaluate import oks
+from .gcpause import gc_paused
 from .io import InputError, load_json
 from .progress import progress
 from .skeleton import Skeleton
@@ -227,14 +227,8 @@ def _insert_samples(dataset: Any, docs: Iterable[dict[str, Any]]) -> None:
     now, dataset_id = datetime.now(UTC), dataset._doc.id
     stamped = (d | {"created_at": now, "last_modified_at": now, "_media_type": "image", "_rand": _generate_rand(),
                     "_dataset_id": dataset_id} for d in docs)
-    # labels are millions of small lists: paused, the cyclic garbage collector does not rescan them (5-10x)
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():  # labels are millions of small lists: not rescanned by the collector (5-10x)
         foo.insert_documents(stamped, dataset._sample_collection, progress=False)
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _findings_by_annotation(reports: Sequence[Path]) -> dict[Any, list[tuple[str, str]]]:

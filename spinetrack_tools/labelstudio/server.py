@@ -104,7 +104,7 @@ def start(folder: Path, document_root: Path, port: int | None = None, timeout: f
         "FRONTEND_SENTRY_DSN": "", "COLLECT_ANALYTICS": "false", "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
         "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
-        "DJANGO_SETTINGS_MODULE": "spinetrack_tools.labelstudio.ls_settings",  # telemetry middleware off
+        "DJANGO_SETTINGS_MODULE": "spinetrack_tools.labelstudio.ls_settings",  # no telemetry, GC paused per request
     })
     log = folder / "server.log"
     cmd = [_executable(), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
