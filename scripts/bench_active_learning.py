@@ -30,6 +30,7 @@ from spinetrack_tools.active_learning.rounds import run_round
 from spinetrack_tools.active_learning.workspace import init
 from spinetrack_tools.coco import save_coco
 from spinetrack_tools.io import load_json
+from spinetrack_tools.persons import Persons
 from spinetrack_tools.train.model import ModelConfig
 from spinetrack_tools.train.trainer import TrainConfig, train
 
@@ -105,9 +106,8 @@ def main() -> None:
                       model / "model.onnx", model / "model.pt", tmp / "val_images", name, args.batch,
                       retrain=retrain, seed=args.seed)
             for n in range(1, args.rounds + 1):
-                run_round(ws, n, oracle=pool, echo=lambda s: print("  " + s, file=sys.stderr))
-            with ws.db() as db:
-                rows = db.execute("SELECT round, grp, ap, labelled_images FROM metrics ORDER BY round").fetchall()
+                run_round(ws, n, oracle=Persons.from_coco(pool), echo=lambda s: print("  " + s, file=sys.stderr))
+            rows = ws.metrics()
             per_round: dict[int, dict] = {}
             for r in rows:
                 per_round.setdefault(r["round"], {"n": r["labelled_images"] - args.labelled})[r["grp"]] = r["ap"]

@@ -26,8 +26,8 @@ import numpy as np
 
 from spinetrack_tools.biomech import rules
 from spinetrack_tools.biomech.calibrate import corrupt_spines, plausible_sample
+from spinetrack_tools.biomech.geometry import BodyGeometry
 from spinetrack_tools.coco import save_coco
-from spinetrack_tools.quality import BodyGeometry
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
     ds, f = plausible_sample(args.images, args.seed, noise=0.01)
     ex = rules.excess(f, t)
     flagged = np.sum(list(ex.values()), axis=0) > 0
-    post = np.array([a["posture"] for a in ds.raw["annotations"]])
+    post = ds.attrs["posture"].astype(str)
     print(f"plausible annotations: {len(ds)}; flagged {flagged.mean():.2%} (target < 2%)")
     for p in sorted(set(post)):
         print(f"  {p:10s} {flagged[post == p].mean():6.2%} of {int((post == p).sum())}")
@@ -84,7 +84,7 @@ def main() -> None:
     print(f"fast path: {len(big)} annotations in {dt:.2f} s ({len(big) / dt:,.0f}/s; target 60k in < 30 s)")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.json"
-        save_coco(path, big.raw)
+        save_coco(path, big)
         t0 = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", "spinetrack_tools", "validate-biomech", str(path), "--report",
                             str(Path(tmp) / "r.json")], capture_output=True, text=True)

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from spinetrack_tools import synth
-from spinetrack_tools.coco import from_dict, save_coco
+from spinetrack_tools.coco import save_coco
+from spinetrack_tools.persons import Persons
 from spinetrack_tools.io import save_json
 from spinetrack_tools.quality import flag
 
@@ -30,7 +31,7 @@ def main() -> None:
         tmp = Path(tmp)
         coco = synth.generate(args.annotations // 2, seed=0, fk="numpy")
         save_coco(tmp / "gt.json", coco)
-        flag(from_dict(coco)).write_json(tmp / "flag.json")
+        flag(Persons.from_coco(coco)).write_json(tmp / "flag.json")
         save_json(tmp / "pred.json", [{"image_id": a["image_id"], "category_id": 1, "annotation_id": a["id"],
                                        "score": 0.9, "keypoints": a["keypoints"]} for a in coco["annotations"]])
         env = {**os.environ, "FIFTYONE_DATABASE_DIR": str(tmp / "db"), "FIFTYONE_DO_NOT_TRACK": "true"}

@@ -13,17 +13,16 @@ from __future__ import annotations
 import argparse
 import time
 
+import sys
+from pathlib import Path
+
 import numpy as np
-from spinetrack_tools.coco import from_dict
-from spinetrack_tools.evaluate import (
-    DEFAULT_GROUPS,
-    STAT_NAMES,
-    detections_from_results,
-    evaluate,
-    ground_truth_from_coco,
-    pycocotools_reference,
-)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' reference implementations
+from spinetrack_tools.evaluate import DEFAULT_GROUPS, STAT_NAMES, evaluate
+from spinetrack_tools.persons import Persons
 from spinetrack_tools.skeleton import SPINETRACK37
+from tests.references import pycocotools_reference
 
 
 def synthetic(n_img: int, seed: int = 0) -> tuple[dict, list[dict]]:
@@ -73,8 +72,7 @@ def main() -> None:
         ref = {g: pycocotools_reference(gt, dets, SPINETRACK37.groups[g], SPINETRACK37.sigmas) for g in DEFAULT_GROUPS}
         t_ref.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        res = evaluate(ground_truth_from_coco(from_dict(gt)), detections_from_results(dets, 37),
-                       drop_unscored=False)
+        res = evaluate(Persons.from_coco(gt), Persons.from_results(dets, SPINETRACK37), drop_unscored=False)
         t_ours.append(time.perf_counter() - t0)
     diff = max(abs(ref[g][i] - res[g][k]) for g in DEFAULT_GROUPS for i, k in enumerate(STAT_NAMES))
     r, o = np.median(t_ref), np.median(t_ours)

@@ -18,6 +18,7 @@ from spinetrack_tools import synth
 from spinetrack_tools.labelstudio import server
 from spinetrack_tools.labelstudio.client import Connection, image_url, pull, push
 from spinetrack_tools.labelstudio.convert import to_labelstudio
+from spinetrack_tools.persons import Persons
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
         print(f"Label Studio started in {time.perf_counter() - t0:.0f} s at {info.url}")
         try:
             conn = Connection.open(info.url, info.token)
-            tasks = to_labelstudio(coco, image_url=image_url(root, images), model_version="bench")
+            tasks = to_labelstudio(Persons.from_coco(coco), image_url=image_url(root, images), model_version="bench")
             n_kp = sum(len(t["predictions"][0]["result"]) for t in tasks)
             t0 = time.perf_counter()
             res = push(conn, "bench-push", tasks, images, root, "bench")
@@ -48,7 +49,7 @@ def main() -> None:
             t0 = time.perf_counter()
             out = pull(conn, "bench-pull")
             dt_pull = time.perf_counter() - t0
-            print(f"pull: {out.tasks} annotated tasks -> {len(out.coco['annotations'])} persons in {dt_pull:.1f} s = "
+            print(f"pull: {out.tasks} annotated tasks -> {len(out.persons)} persons in {dt_pull:.1f} s = "
                   f"{out.tasks / dt_pull:.0f} tasks/s (target >= 200)")
         finally:
             server.stop(tmp / "ls")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from spinetrack_tools import synth
-from spinetrack_tools.coco import from_dict
+from spinetrack_tools.persons import Persons
 from spinetrack_tools.inference import transforms as T
 from spinetrack_tools.inference.model import PoseModel
 from spinetrack_tools.inference.predict import _read, jobs_from_coco, predict
@@ -50,7 +50,7 @@ def main() -> None:
             print(f"model: reference architecture, width {args.width}: "
                   f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f} M parameters")
         model = PoseModel.load(path, args.threads)
-        jobs = jobs_from_coco(from_dict(coco), tmp / "images")
+        jobs = jobs_from_coco(Persons.from_coco(coco), tmp / "images")
         n_persons = sum(len(j.boxes) for _, j in jobs)
         # the batches predict builds: crops of consecutive images, cut at batch_size or more
         batches, pending = [], []

@@ -22,10 +22,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from .coco import CocoKeypoints
+from .coco import read_results
 from .evaluate import oks
 from .gcpause import gc_paused
 from .io import InputError, load_json
+from .persons import Persons
 from .progress import progress
 from .skeleton import Skeleton
 
@@ -52,7 +53,7 @@ def skeleton_edges(sk: Skeleton) -> list[list[int]]:
     return ([list(chain)] if len(chain) > 1 else []) + [[a, b] for a, b in sk.links if (a, b) not in in_chain]
 
 
-def build(ds: CocoKeypoints, images_dir: Path, predictions: Sequence[Path] = (), reports: Sequence[Path] = (),
+def build(ds: Persons, images_dir: Path, predictions: Sequence[Path] = (), reports: Sequence[Path] = (),
           name: str | None = None, sample_fields: dict[int, dict[str, Any]] | None = None,
           echo: Callable[[str], None] = print) -> Any:
     """Create (or rebuild) the persistent dataset and its saved views; returns the ``fo.Dataset``.
@@ -63,10 +64,10 @@ def build(ds: CocoKeypoints, images_dir: Path, predictions: Sequence[Path] = (),
     import fiftyone.core.odm as foo
 
     sk = ds.skeleton
-    name = name or dataset_name(ds.path or Path("dataset"))
+    name = name or dataset_name(Path(ds.source if ds.source != "<memory>" else "dataset"))
     findings = _findings_by_annotation(reports)
     pred_paths = {_pred_field(p): p for p in predictions}
-    preds = {f: _prediction_labels(p, load_json(p), ds) for f, p in pred_paths.items()}
+    preds = {f: _prediction_labels(read_results(p, ds.skeleton), ds) for f, p in pred_paths.items()}
     images = ds.images.drop_duplicates("id")
     extra = sample_fields or {}
     # a value per field, from which FiftyOne infers its type (as add_samples does from the first non-None one)
@@ -134,14 +135,7 @@ def _normalised(kp: np.ndarray, W: np.ndarray, H: np.ndarray) -> np.ndarray:
     return np.where(kp[..., 2:] > 0, xy, np.nan)
 
 
-def _rows_by(keys: list[int]) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = defaultdict(list)
-    for row, k in enumerate(keys):
-        out[k].append(row)
-    return out
-
-
-def _gt_labels(ds: CocoKeypoints, findings: dict[Any, list[tuple[str, str]]]) -> _GtLabels:
+def _gt_labels(ds: Persons, findings: dict[Any, list[tuple[str, str]]]) -> _GtLabels:
     """By image id: its persons' keypoint and box labels, and the checks they or the image failed (its tags)."""
     W, H = ds.image_size()
     points = _normalised(ds.keypoints, W, H)
@@ -149,7 +143,7 @@ def _gt_labels(ds: CocoKeypoints, findings: dict[Any, list[tuple[str, str]]]) ->
         visible = ds.keypoints[..., 2].astype(int)
         boxes = ds.boxes / np.stack([W, H, W, H], axis=1)
     has_box = np.isfinite(ds.boxes).all(axis=1).tolist()
-    ann_ids, rows = ds.ann_ids.tolist(), _rows_by(ds.image_ids.tolist())
+    ann_ids, rows = ds.ann_ids.tolist(), ds.rows_by_image()
 
     def labels(iid: int) -> tuple[list[dict], list[dict], set[str]]:
         kps, dets, tags = [], [], {c for c, _ in findings.get(("image", iid), [])}
@@ -172,25 +166,20 @@ def _pred_field(path: Path) -> str:
     return "pred_" + re.sub(r"[^A-Za-z0-9_]+", "_", path.stem).strip("_")
 
 
-def _prediction_labels(path: Path, results: Any, ds: CocoKeypoints) -> _PredLabels:
+def _prediction_labels(pred: Persons, ds: Persons) -> _PredLabels:
     """By image id: its predicted persons, with per-point confidence and the OKS against their ground-truth
     person (by annotation id when the prediction carries one, else the best OKS in the image), and the
     lowest of these OKS."""
-    if not isinstance(results, list):
-        raise InputError(path, "a predictions file is not a JSON list of results")
-    K = ds.keypoints.shape[1]
-    try:
-        kp = np.array([r["keypoints"] for r in results], dtype=float).reshape(len(results), K, 3)
-    except ValueError:
-        raise InputError(path, f"a prediction does not have {K} keypoints (x, y, confidence)") from None
-    image_ids = [int(r["image_id"]) for r in results]
-    scores = [float(r.get("score", 0.0)) for r in results]
+    kp = pred.keypoints
+    image_ids = pred.image_ids.tolist()
+    scores = pred.scores.tolist()
+    pred_ann = pred.ann_ids.tolist()
     gt: dict[int, dict[int, int]] = defaultdict(dict)  # image id -> annotation id -> row
     for row, (iid, aid) in enumerate(zip(ds.image_ids.tolist(), ds.ann_ids.tolist())):
         gt[iid][aid] = row
     pairs = []  # (prediction, candidate ground-truth row), in prediction order
-    for p, (res, iid) in enumerate(zip(results, image_ids)):
-        cand, aid = gt.get(iid, {}), res.get("annotation_id")
+    for p, (aid, iid) in enumerate(zip(pred_ann, image_ids)):
+        cand = gt.get(iid, {})
         pairs += [(p, cand[aid])] if aid in cand else [(p, r) for r in cand.values()]
     pair_p, pair_r = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
     areas = np.where(np.isfinite(ds.areas), ds.areas, ds.boxes[:, 2] * ds.boxes[:, 3])
@@ -203,7 +192,7 @@ def _prediction_labels(path: Path, results: Any, ds: CocoKeypoints) -> _PredLabe
     gt_ids = dict(zip(pair_p[best].tolist(), ds.ann_ids[pair_r[best]].tolist()))
     sizes = ds.images.drop_duplicates("id").set_index("id")[["width", "height"]].astype(float).reindex(image_ids)
     points = _normalised(kp, sizes["width"].to_numpy(), sizes["height"].to_numpy())
-    confidence, rows = kp[..., 2], _rows_by(image_ids)
+    confidence, rows = kp[..., 2], pred.rows_by_image()
 
     def labels(iid: int) -> tuple[list[dict], float | None]:
         ps = rows.get(iid, [])

@@ -15,12 +15,11 @@ pairs whose OKS reaches the lowest threshold.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .skeleton import SPINETRACK37, Skeleton
+from .persons import Persons
 
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -45,60 +44,27 @@ def oks(gt: np.ndarray, dt: np.ndarray, area: np.ndarray, sigmas: np.ndarray) ->
         return np.where(n > 0, (np.exp(-e) * vis).sum(axis=1) / n, np.nan)
 
 
-@dataclass
-class GroundTruth:
-    """Ground-truth persons as arrays (file order)."""
-
-    image_ids: np.ndarray  # [G]
-    category_ids: np.ndarray  # [G]
-    keypoints: np.ndarray  # [G, K, 3]
-    boxes: np.ndarray  # [G, 4]
-    areas: np.ndarray  # [G]
-    iscrowd: np.ndarray  # [G] bool
-    all_image_ids: np.ndarray  # every image of the file (evaluated even when empty)
-
-
-@dataclass
-class Detections:
-    """Predicted persons as arrays (file order)."""
-
-    image_ids: np.ndarray  # [D]
-    category_ids: np.ndarray  # [D]
-    keypoints: np.ndarray  # [D, K, 3] (x, y, score)
-    scores: np.ndarray  # [D]
-    boxes: np.ndarray | None = None  # [D, 4] when the results carried a 'bbox'
-
-
-def ground_truth_from_coco(ds: Any) -> GroundTruth:
-    """From a loaded ``CocoKeypoints``."""
-    return GroundTruth(ds.image_ids, ds.category_ids, ds.keypoints, ds.boxes, ds.areas,
-                       np.nan_to_num(ds.iscrowd) > 0, np.unique(ds.images["id"].to_numpy()))
-
-
-def detections_from_results(results: Sequence[dict], k: int) -> Detections:
-    """From a COCO results list."""
-    n = len(results)
-    kp = np.array([r["keypoints"] for r in results], dtype=np.float64).reshape(n, k, 3) if n \
-        else np.zeros((0, k, 3))
-    has_bbox = n > 0 and all("bbox" in r for r in results)
-    return Detections(
-        np.array([r["image_id"] for r in results], dtype=np.int64),
-        np.array([r.get("category_id", 1) for r in results], dtype=np.int64),
-        kp, np.array([r["score"] for r in results], dtype=np.float64),
-        np.array([r["bbox"] for r in results], dtype=np.float64) if has_bbox else None)
-
-
-def evaluate(gt: GroundTruth, dt: Detections, skeleton: Skeleton = SPINETRACK37,
-             groups: Sequence[str] = DEFAULT_GROUPS, drop_unscored: bool = True) -> dict[str, dict[str, float]]:
-    """AP/AR figures per group: ``{"overall": {"AP": ..., ...}, "body": {...}, ...}``."""
+def evaluate(gt: Persons, dt: Persons, groups: Sequence[str] = DEFAULT_GROUPS,
+             drop_unscored: bool = True) -> dict[str, dict[str, float]]:
+    """AP/AR figures per group of ``dt`` (predictions) against ``gt`` (labels) on the images of ``gt``:
+    ``{"overall": {"AP": ..., ...}, "body": {...}, ...}``. Raises ``ValueError`` for unknown groups, predictions
+    on images the ground truth does not have, and ground truth without the area the metric needs."""
+    skeleton = gt.skeleton
+    if dt.skeleton.num_keypoints != skeleton.num_keypoints:
+        raise ValueError(f"predictions have {dt.skeleton.num_keypoints} keypoints, the ground truth "
+                         f"{skeleton.num_keypoints}")
+    if not np.isfinite(gt.areas).all():
+        raise ValueError(f"ground truth annotation {gt.ann_ids[np.argmax(~np.isfinite(gt.areas))]} has no 'area' "
+                         "(the OKS scale)")
+    all_image_ids = gt.images["id"].to_numpy(dtype=np.int64)
     unknown = [g for g in groups if g not in skeleton.groups]
     if unknown:
         raise ValueError(f"unknown keypoint group(s) {unknown}; the {skeleton.name} layout has "
                          f"{sorted(skeleton.groups)}")
-    missing = np.setdiff1d(dt.image_ids, gt.all_image_ids)
+    missing = np.setdiff1d(dt.image_ids, all_image_ids)
     if len(missing):
         raise ValueError(f"predictions for images that are not in the ground truth, e.g. {missing[:3].tolist()}")
-    images = np.unique(gt.all_image_ids)
+    images = np.unique(all_image_ids)
     g_img = np.searchsorted(images, gt.image_ids)
     d_img = np.searchsorted(images, dt.image_ids)
     pd_, pg = _same_image_pairs(d_img, dt.category_ids, g_img, gt.category_ids)
@@ -121,18 +87,16 @@ def evaluate(gt: GroundTruth, dt: Detections, skeleton: Skeleton = SPINETRACK37,
         nb = k1[need_box] == 0
         pair_oks[np.flatnonzero(need_box)[nb]] = box[nb][:, idx].sum(axis=1) / len(idx)
         keep = (dt.keypoints[:, idx, 2] > 0).any(axis=1) if drop_unscored else np.ones(len(dt.scores), bool)
-        if dt.boxes is not None:  # detection areas as pycocotools' loadRes computes them
-            d_area = dt.boxes[:, 2] * dt.boxes[:, 3]
-        elif len(dt.scores):
-            x, y = dt.keypoints[:, idx, 0], dt.keypoints[:, idx, 1]
-            d_area = (x.max(1) - x.min(1)) * (y.max(1) - y.min(1))
-        else:
-            d_area = np.zeros(0)
-        g_ignore = gt.iscrowd | (k1_gt == 0)  # num_keypoints recomputed for the group
+        # detection areas as pycocotools' loadRes computes them: the box's when results carry a bbox,
+        # else the keypoint extent's
+        x, y = dt.keypoints[:, idx, 0], dt.keypoints[:, idx, 1]
+        extent = (x.max(1) - x.min(1)) * (y.max(1) - y.min(1)) if len(dt) else np.zeros(0)
+        d_area = np.where(np.isfinite(dt.areas), dt.areas, extent)
+        g_ignore = gt.crowd | (k1_gt == 0)  # num_keypoints recomputed for the group
         per_cat = []
         for c in np.unique(gt.category_ids):
             per_cat.append(_evaluate_category(
-                g_img, gt.category_ids == c, gt.areas, gt.iscrowd, g_ignore, d_img,
+                g_img, gt.category_ids == c, gt.areas, gt.crowd, g_ignore, d_img,
                 (dt.category_ids == c) & keep, dt.scores, d_area, pd_, pg, pair_oks, len(images)))
         precision = np.stack([p for p, _ in per_cat], axis=2) if per_cat else -np.ones((10, 101, 0, 3))
         recall = np.stack([r for _, r in per_cat], axis=1) if per_cat else -np.ones((10, 0, 3))
@@ -263,39 +227,3 @@ def _summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
         "APl": mean(precision[:, :, :, 2]), "AR": mean(recall[:, :, 0]), "AR50": mean(recall[t50, :, 0]),
         "AR75": mean(recall[t75, :, 0]), "ARm": mean(recall[:, :, 1]), "ARl": mean(recall[:, :, 2]),
     }
-
-
-def pycocotools_reference(gt: dict, results: list[dict], indices: Sequence[int], sigmas: np.ndarray) -> np.ndarray:
-    """pycocotools' 10 figures for the keypoints at ``indices`` (the protocol done by hand: inputs sliced,
-    ``num_keypoints`` recomputed): the oracle the tests and the benchmark compare against."""
-    import contextlib
-    import copy
-    import io
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    idx = list(indices)
-    g = copy.deepcopy(gt)
-    for a in g["annotations"]:
-        kp = np.array(a["keypoints"]).reshape(-1, 3)[idx]
-        a["keypoints"], a["num_keypoints"] = kp.ravel().tolist(), int((kp[:, 2] > 0).sum())
-    d = copy.deepcopy(results)
-    for r in d:
-        r["keypoints"] = np.array(r["keypoints"]).reshape(-1, 3)[idx].ravel().tolist()
-    with contextlib.redirect_stdout(io.StringIO()):
-        cg = COCO()
-        cg.dataset = g
-        cg.createIndex()
-        if d:
-            cd = cg.loadRes(d)
-        else:  # pycocotools' loadRes fails on an empty list: build the empty result set by hand
-            cd = COCO()
-            cd.dataset = {"images": g["images"], "annotations": [], "categories": g["categories"]}
-            cd.createIndex()
-        e = COCOeval(cg, cd, "keypoints")
-        e.params.kpt_oks_sigmas = np.asarray(sigmas)[idx] if len(sigmas) != len(idx) else np.asarray(sigmas)
-        e.evaluate()
-        e.accumulate()
-        e.summarize()
-    return np.array(e.stats)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -76,15 +75,6 @@ class Report:
 
     def write_json(self, path: str | Path) -> None:
         atomic_write_bytes(path, dumps_json(self.to_dict(), indent=True))
-
-    def to_csv(self) -> str:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["check", "severity", "annotation_id", "image_id", "score", "keypoints", "message"])
-        for f in self.findings:
-            w.writerow([f.check, f.severity, f.annotation_id, f.image_id, f"{f.score:.4g}",
-                        " ".join(f.keypoints), f.message])
-        return buf.getvalue()
 
     def render_table(self, examples: int = 2) -> str:
         """Plain-text summary table: one row per (check, severity) with counts and example messages."""

@@ -10,53 +10,15 @@ inverted people).
 
 from __future__ import annotations
 
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Iterator
 
 import numpy as np
 
-from .coco import CocoKeypoints
+from .biomech.geometry import (CROSSINGS, LIMB_OF, SCALE_SEGMENTS, BodyGeometry, point_segment_distance, quiet,
+                               reference_length)
 from .evaluate import oks
 from .findings import Finding, Report, findings_from_mask, findings_per_keypoint
-
-# Segments used for the body scale and the limb-scale check: (name, from, to). "mid_*" are midpoints.
-_SEGMENTS = (
-    ("shoulder_width", "left_shoulder", "right_shoulder"),
-    ("hip_width", "left_hip", "right_hip"),
-    ("torso", "mid_shoulder", "mid_hip"),
-    ("left_upper_arm", "left_shoulder", "left_elbow"),
-    ("right_upper_arm", "right_shoulder", "right_elbow"),
-    ("left_forearm", "left_elbow", "left_wrist"),
-    ("right_forearm", "right_elbow", "right_wrist"),
-    ("left_thigh", "left_hip", "left_knee"),
-    ("right_thigh", "right_hip", "right_knee"),
-    ("left_shank", "left_knee", "left_ankle"),
-    ("right_shank", "right_knee", "right_ankle"),
-    ("spine", "hip", "neck"),
-    ("head", "neck", "head"),
-)
-_LIMB_SEGMENTS = {  # segment -> the limb it belongs to (limb_scale reports per limb)
-    "left_upper_arm": "left_arm", "left_forearm": "left_arm", "right_upper_arm": "right_arm",
-    "right_forearm": "right_arm", "left_thigh": "left_leg", "left_shank": "left_leg",
-    "right_thigh": "right_leg", "right_shank": "right_leg",
-}
-# Parent/child pairs for the crossing test of left/right swaps; True where crossing is a natural pose
-# (crossed forearms, crossed ankles), which then needs stronger evidence.
-_CROSSINGS = (("shoulder", "elbow", False), ("elbow", "wrist", True), ("hip", "knee", False),
-              ("knee", "ankle", True))
-# Left/right pairs on the rigid torso whose left-right orientation must agree.
-_TORSO_PAIRS = ("shoulder", "hip", "clavicle", "latissimus")
-
-
-@contextmanager
-def quiet() -> Iterator[None]:
-    """Silence numpy's warnings about all-NaN rows (absent keypoints are expected)."""
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        yield
+from .persons import Persons
 
 
 @dataclass(frozen=True)
@@ -85,67 +47,6 @@ class Thresholds:
     mad_k: float = 8.0  # adaptive part: median + k * MAD over the file
 
 
-@lru_cache(maxsize=1)
-def reference_lengths() -> dict[str, float]:
-    """Rest-pose segment lengths (fraction of stature) from the built-in kinematic model."""
-    from .biomech.model import default_model
-
-    model = default_model()
-    pts = {n: p for n, p in zip(model.marker_names, model.markers)}
-    pts["mid_shoulder"] = (pts["left_shoulder"] + pts["right_shoulder"]) / 2
-    pts["mid_hip"] = (pts["left_hip"] + pts["right_hip"]) / 2
-    return {name: float(np.linalg.norm(pts[a][:2] - pts[b][:2])) for name, a, b in _SEGMENTS}
-
-
-class BodyGeometry:
-    """Per-annotation quantities shared by the detectors."""
-
-    def __init__(self, ds: CocoKeypoints):
-        self.ds = ds
-        sk = ds.skeleton
-        kp = ds.keypoints
-        self.xy = kp[..., :2]
-        self.lab = (kp[..., 2] > 0) & np.isfinite(kp).all(axis=2)
-        self.zero = self.lab & (self.xy == 0).all(axis=2)
-        self.usable = self.lab & ~self.zero  # labelled points with real coordinates
-        self.n_usable = self.usable.sum(axis=1)
-        self.sk = sk
-        self.seg_len, self.seg_ok = {}, {}
-        for name, a, b in _SEGMENTS:
-            pa, oa = self.point(a)
-            pb, ob = self.point(b)
-            if oa is None or ob is None:
-                continue
-            self.seg_len[name] = np.linalg.norm(pa - pb, axis=1)
-            self.seg_ok[name] = oa & ob
-        ref = reference_lengths()
-        ratios = np.stack([np.where(self.seg_ok[s], self.seg_len[s] / ref[s], np.nan) for s in self.seg_len], 1) \
-            if self.seg_len else np.full((len(ds), 1), np.nan)
-        # third largest ratio (or the largest when fewer are available): stature in pixels
-        srt = -np.sort(-np.nan_to_num(ratios, nan=-np.inf), axis=1)
-        avail = np.isfinite(ratios).sum(axis=1)
-        pick = np.clip(np.minimum(avail, 3) - 1, 0, None)
-        stature = np.where(avail > 0, srt[np.arange(len(ds)), pick], np.nan)
-        box = ds.boxes
-        box_stature = np.maximum(box[:, 2], box[:, 3])
-        self.stature = np.where(np.isfinite(stature) & (stature > 0), stature, box_stature)
-        self.torso = 0.3 * self.stature
-        self.box_diag = np.hypot(box[:, 2], box[:, 3])
-
-    def point(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """[N, 2] coordinates of a keypoint or midpoint and its usable mask (None if the layout lacks it)."""
-        if name.startswith("mid_"):
-            part = name[4:]
-            (a, oa), (b, ob) = self.point(f"left_{part}"), self.point(f"right_{part}")
-            if oa is None or ob is None:
-                return np.zeros((len(self.ds), 2)), None
-            return (a + b) / 2, oa & ob
-        if name not in self.sk.names:
-            return np.zeros((len(self.ds), 2)), None
-        i = self.sk.index(name)
-        return self.xy[:, i], self.usable[:, i]
-
-
 def adaptive(values: np.ndarray, floor: float, k: float) -> float:
     """The file's median + k * MAD of the finite ``values``, but never stricter than ``floor``."""
     v = values[np.isfinite(values)]
@@ -156,10 +57,10 @@ def adaptive(values: np.ndarray, floor: float, k: float) -> float:
     return max(med + k * mad, floor)
 
 
-def flag(ds: CocoKeypoints, thresholds: Thresholds = Thresholds()) -> Report:
-    """Run every detector on a loaded file and return one report."""
-    g = BodyGeometry(ds)
-    report = Report(ds.source, stats={"images": len(ds.images), "annotations": len(ds)})
+def flag(persons: Persons, thresholds: Thresholds = Thresholds()) -> Report:
+    """Run every detector on labelled persons and return one report."""
+    g = BodyGeometry(persons)
+    report = Report(persons.source, stats={"images": len(persons.images), "annotations": len(persons)})
     for det in DETECTORS:
         report.extend(det(g, thresholds))
     return report
@@ -167,7 +68,7 @@ def flag(ds: CocoKeypoints, thresholds: Thresholds = Thresholds()) -> Report:
 
 def _per_point(check: str, severity: str, g: BodyGeometry, mask: np.ndarray, what: str,
                score: np.ndarray | None = None) -> list[Finding]:
-    return findings_per_keypoint(check, severity, mask, g.ds.ann_ids, g.ds.image_ids, g.sk.names, what, score)
+    return findings_per_keypoint(check, severity, mask, g.persons.ann_ids, g.persons.image_ids, g.sk.names, what, score)
 
 
 def zero_visible(g: BodyGeometry, t: Thresholds) -> list[Finding]:
@@ -176,7 +77,7 @@ def zero_visible(g: BodyGeometry, t: Thresholds) -> list[Finding]:
 
 def outside(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     """Labelled points far outside the image, or outside their own box."""
-    w, h = g.ds.image_size()
+    w, h = g.persons.image_size()
     x, y = g.xy[..., 0], g.xy[..., 1]
     with np.errstate(invalid="ignore"):
         dx = np.maximum(np.maximum(-x, x - w[:, None]), 0) / w[:, None]
@@ -184,7 +85,7 @@ def outside(g: BodyGeometry, t: Thresholds) -> list[Finding]:
         img_out = np.maximum(dx, dy)
         far = g.usable & (img_out > t.outside_image_error)
         near = g.usable & ~far & (img_out > 0.002)
-        b = g.ds.boxes
+        b = g.persons.boxes
         bx = np.maximum(np.maximum(b[:, None, 0] - x, x - (b[:, None, 0] + b[:, None, 2])), 0) / b[:, None, 2]
         by = np.maximum(np.maximum(b[:, None, 1] - y, y - (b[:, None, 1] + b[:, None, 3])), 0) / b[:, None, 3]
         box_out = np.where(g.usable & ~far, np.maximum(bx, by), 0)
@@ -203,7 +104,7 @@ def outside(g: BodyGeometry, t: Thresholds) -> list[Finding]:
 
 def collapsed(g: BodyGeometry, t: Thresholds, chunk: int = 4096) -> list[Finding]:
     """Many distinct joints labelled on one spot (pairwise distances in float32, in chunks)."""
-    n, m = len(g.ds), t.collapse_min_points
+    n, m = len(g.persons), t.collapse_min_points
     eps2 = ((t.collapse_radius * g.box_diag + 0.5) ** 2).astype(np.float32)
     xy_all = np.where(g.usable[..., None], g.xy, np.nan).astype(np.float32)  # NaN never compares near
     biggest = np.zeros(n, dtype=np.int64)
@@ -225,7 +126,7 @@ def collapsed(g: BodyGeometry, t: Thresholds, chunk: int = 4096) -> list[Finding
 
 def duplicates(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     """Two annotations of one person in the same image (OKS above the threshold)."""
-    ds = g.ds
+    ds = g.persons
     order = np.argsort(ds.image_ids, kind="stable")
     img = ds.image_ids[order]
     out = []
@@ -259,7 +160,7 @@ def spine(g: BodyGeometry, t: Thresholds) -> list[Finding]:
         return []
     xy = g.xy[:, chain]
     ok = g.usable[:, chain]
-    n = len(g.ds)
+    n = len(g.persons)
     # order: project the labelled chain points on the chord from the first to the last labelled point
     first = ok.argmax(axis=1)
     last = ok.shape[1] - 1 - ok[:, ::-1].argmax(axis=1)
@@ -277,7 +178,7 @@ def spine(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     names = [g.sk.names[i] for i in chain]
     worst = np.nanargmin(np.where(np.isfinite(steps), steps, np.inf), axis=1)
     out = findings_from_mask(
-        "spine_order", "error", order_bad, g.ds.ann_ids, g.ds.image_ids,
+        "spine_order", "error", order_bad, g.persons.ann_ids, g.persons.image_ids,
         lambda r: f"spine chain out of order around {names[worst[r]]} (step {min_step[r]:+.2f} of the chord)",
         scores=np.clip(-min_step, 0, None), keypoints=names)
 
@@ -298,7 +199,7 @@ def spine(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     thr = adaptive(np.where(torso_ok, detach, np.nan), t.spine_detached, t.mad_k)
     detached = torso_ok & (detach > thr)
     out += findings_from_mask(
-        "spine_detached", "error", detached, g.ds.ann_ids, g.ds.image_ids,
+        "spine_detached", "error", detached, g.persons.ann_ids, g.persons.image_ids,
         lambda r: f"spine chain {detach[r]:.2f} torso lengths away from the hip-shoulder line (limit {thr:.2f})",
         scores=detach, keypoints=names)
     return out
@@ -318,33 +219,21 @@ def _valid_steps(tpos: np.ndarray) -> np.ndarray:
     return steps
 
 
-def point_segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Distance of points p [N, K, 2] from segments a->b ([N, 2] each)."""
-    ab = (b - a)[:, None]
-    ap = p - a[:, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        s = np.clip((ap * ab).sum(-1) / (ab * ab).sum(-1), 0, 1)
-    return np.linalg.norm(ap - s[..., None] * ab, axis=-1)
-
-
 def lr_swaps(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     """Left/right swaps: limbs whose swapped labelling is much shorter (crossing test), and torso pairs
     whose left-right orientation disagrees with the rest of the torso."""
     out: list[Finding] = []
-    n = len(g.ds)
+    n = len(g.persons)
     hits = np.zeros(n, dtype=bool)
     detail: list[list[str]] = [[] for _ in range(n)]
     score = np.zeros(n)
-    for parent, child, natural in _CROSSINGS:
+    for parent, child, natural in CROSSINGS:
         ratio, gain = (t.crossing_ratio_natural, t.crossing_gain_natural) if natural else \
             (t.crossing_ratio, t.crossing_gain)
-        (pl, opl), (pr, opr) = g.point(f"left_{parent}"), g.point(f"right_{parent}")
-        (cl, ocl), (cr, ocr) = g.point(f"left_{child}"), g.point(f"right_{child}")
-        if any(o is None for o in (opl, opr, ocl, ocr)):
+        costs = g.crossing_costs(parent, child)
+        if costs is None:
             continue
-        ok = opl & opr & ocl & ocr
-        cur = np.linalg.norm(pl - cl, axis=1) + np.linalg.norm(pr - cr, axis=1)
-        swp = np.linalg.norm(pl - cr, axis=1) + np.linalg.norm(pr - cl, axis=1)
+        cur, swp, ok = costs
         with np.errstate(invalid="ignore", divide="ignore"):
             bad = ok & (swp < ratio * cur) & ((cur - swp) > gain * g.torso)
         for r in np.flatnonzero(bad):
@@ -352,35 +241,21 @@ def lr_swaps(g: BodyGeometry, t: Thresholds) -> list[Finding]:
         hits |= bad
         score = np.maximum(score, np.where(bad, 1 - swp / np.maximum(cur, 1e-9), 0))
     # torso orientation: signed width of each left/right pair across the hip->shoulder axis
-    mh, oh = g.point("mid_hip")
-    ms, os_ = g.point("mid_shoulder")
-    if oh is not None and os_ is not None:
-        axis = ms - mh
-        axis_len = np.linalg.norm(axis, axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            up = axis / axis_len[:, None]
-        signed = {}
-        for part in _TORSO_PAIRS:
-            (lp, ol), (rp, or_) = g.point(f"left_{part}"), g.point(f"right_{part}")
-            if ol is None or or_ is None:
-                continue
-            d = lp - rp
-            s = (up[:, 0] * d[:, 1] - up[:, 1] * d[:, 0]) / g.torso
-            signed[part] = np.where(ol & or_ & oh & os_ & (axis_len > 0.3 * g.torso), s, np.nan)
-        if len(signed) >= 2:
-            mat = np.stack(list(signed.values()), 1)
-            strong = np.abs(mat) > t.chirality
-            votes = np.where(strong, np.sign(mat), 0)
-            for j, part in enumerate(signed):
-                others = np.delete(votes, j, axis=1)
-                # at least two other pairs must agree among themselves: with one, a twist looks the same
-                agree_other = (np.abs(others).sum(1) >= 2) & (np.abs(others.sum(1)) == np.abs(others).sum(1))
-                bad = strong[:, j] & agree_other & (votes[:, j] == -np.sign(others.sum(1)))
-                for r in np.flatnonzero(bad):
-                    detail[r].append(f"{part}s")
-                hits |= bad
-                score = np.maximum(score, np.where(bad, np.abs(np.nan_to_num(mat[:, j])), 0))
-    out += findings_from_mask("lr_swap", "error", hits, g.ds.ann_ids, g.ds.image_ids,
+    signed = g.signed_widths()
+    if len(signed) >= 2:
+        mat = np.stack(list(signed.values()), 1)
+        strong = np.abs(mat) > t.chirality
+        votes = np.where(strong, np.sign(mat), 0)
+        for j, part in enumerate(signed):
+            others = np.delete(votes, j, axis=1)
+            # at least two other pairs must agree among themselves: with one, a twist looks the same
+            agree_other = (np.abs(others).sum(1) >= 2) & (np.abs(others.sum(1)) == np.abs(others).sum(1))
+            bad = strong[:, j] & agree_other & (votes[:, j] == -np.sign(others.sum(1)))
+            for r in np.flatnonzero(bad):
+                detail[r].append(f"{part}s")
+            hits |= bad
+            score = np.maximum(score, np.where(bad, np.abs(np.nan_to_num(mat[:, j])), 0))
+    out += findings_from_mask("lr_swap", "error", hits, g.persons.ann_ids, g.persons.image_ids,
                               lambda r: f"left/right swapped: {', '.join(detail[r])}", scores=score,
                               keypoints=lambda r: [f"{s}_{p[:-1]}" for p in detail[r] for s in ("left", "right")])
     return out
@@ -388,13 +263,13 @@ def lr_swaps(g: BodyGeometry, t: Thresholds) -> list[Finding]:
 
 def scale(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     """Limbs too long for the body, and skeletons at a scale that does not fit their box."""
-    ref = reference_lengths()
+    ref = {name: reference_length(a, b) for name, a, b in SCALE_SEGMENTS}
     limb_ratio: dict[str, np.ndarray] = {}
-    for seg, limb in _LIMB_SEGMENTS.items():
+    for seg, limb in LIMB_OF.items():
         if seg not in g.seg_len:
             continue
         r = np.where(g.seg_ok[seg], g.seg_len[seg] / (ref[seg] * g.stature), np.nan)
-        limb_ratio[limb] = np.fmax(limb_ratio.get(limb, np.full(len(g.ds), np.nan)), r)
+        limb_ratio[limb] = np.fmax(limb_ratio.get(limb, np.full(len(g.persons), np.nan)), r)
     out: list[Finding] = []
     if limb_ratio:
         names = list(limb_ratio)
@@ -404,7 +279,7 @@ def scale(g: BodyGeometry, t: Thresholds) -> list[Finding]:
         rows = bad.any(1)
         worst = np.nanargmax(np.where(np.isfinite(mat), mat, -np.inf), axis=1)
         out += findings_from_mask(
-            "limb_scale", "error", rows, g.ds.ann_ids, g.ds.image_ids,
+            "limb_scale", "error", rows, g.persons.ann_ids, g.persons.image_ids,
             lambda r: f"{names[worst[r]].replace('_', ' ')} is {mat[r, worst[r]]:.1f}x the length the rest of "
                       f"the body allows (limit {thr:.2f})",
             scores=np.nanmax(np.where(np.isfinite(mat), mat, 0), axis=1))
@@ -412,13 +287,13 @@ def scale(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     xy = np.where(g.usable[..., None], g.xy, np.nan)
     with quiet():
         ext = np.nanmax(xy, axis=1) - np.nanmin(xy, axis=1)
-        box = g.ds.boxes[:, 2:]
+        box = g.persons.boxes[:, 2:]
         r = np.nanmax(ext / box, axis=1)
     enough = g.n_usable >= 8
     hi = adaptive(np.where(enough, r, np.nan), t.skeleton_scale_high, t.mad_k)
     big = enough & (r > hi)
     small = enough & (r < t.skeleton_scale_low)
-    out += findings_from_mask("skeleton_scale", "error", big | small, g.ds.ann_ids, g.ds.image_ids,
+    out += findings_from_mask("skeleton_scale", "error", big | small, g.persons.ann_ids, g.persons.image_ids,
                               lambda r_: f"keypoints span {r[r_]:.2f}x their box", scores=r)
     return out
 
@@ -438,7 +313,7 @@ def noise(g: BodyGeometry, t: Thresholds) -> list[Finding]:
         rough = np.where(okd.sum(1) >= 3, np.nanmedian(np.where(okd, sd, np.nan), axis=1) / g.torso, np.nan)
     thr = adaptive(rough, t.noise, t.mad_k)
     bad = rough > thr
-    return findings_from_mask("noise", "error", bad, g.ds.ann_ids, g.ds.image_ids,
+    return findings_from_mask("noise", "error", bad, g.persons.ann_ids, g.persons.image_ids,
                               lambda r: f"spine chain jagged beyond plausible (roughness {rough[r]:.2f} torso "
                                         f"lengths, limit {thr:.2f})", scores=rough,
                               keypoints=[g.sk.names[i] for i in chain])

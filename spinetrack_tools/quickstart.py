@@ -7,13 +7,12 @@ Label Studio, build the FiftyOne dataset, and report AP per round and where ever
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
 from . import synth
 from .active_learning import DEFAULT_STRATEGY
-from .coco import from_dict, save_coco
+from .coco import load_coco, save_coco
 from .quality import flag
 from .validate import validate
 
@@ -48,8 +47,8 @@ def run(work_dir: Path, images: int = 500, rounds: int = 3, batch_size: int = 60
                                          for a in pool["annotations"]]}
         save_coco(data / "boxes.json", boxes)
         save_coco(truth_path, pool)
-    ds = from_dict(json.loads(truth_path.read_text()), path=truth_path)
-    v, f = validate(ds).summary(), flag(ds)
+    ds = load_coco(truth_path)
+    v, f = validate(ds).summary(), flag(ds.persons)
     f.write_json(data / "flag_report.json")
     echo(f"2. validate: {v['errors']} errors; flag: {f.summary()['annotations_with_errors']} of {len(ds)} "
          f"annotations flagged ({data / 'flag_report.json'})")
@@ -61,23 +60,20 @@ def run(work_dir: Path, images: int = 500, rounds: int = 3, batch_size: int = 60
         CHECKPOINT if CHECKPOINT.is_file() else None, data / "val_images", strategy, batch_size,
         "spinetrack-quickstart", QUICK_RETRAIN, server_dir=work_dir / "labelstudio", seed=seed)
     echo(f"4. workspace {ws.path} ({strategy}, {batch_size} images per round)")
-    truth = json.loads(truth_path.read_text())
+    truth = ds.persons
 
     def annotate(w: Workspace, n: int) -> None:
-        with w.db() as db:
-            names = {r["file_name"] for r in db.execute("SELECT file_name FROM samples WHERE round = ?", (n,))}
         conn, _ = connect(w)
-        simulate.annotate(conn, w.config["labelstudio"]["project"], truth, names, tolerance=0.01)
+        simulate.annotate(conn, w.config["labelstudio"]["project"], truth, set(w.round_samples(n)), tolerance=0.01)
 
     for n in range(1, rounds + 1):
         echo(f"5.{n} round {n}")
         run_round(ws, n, wait=True, annotate=annotate, poll_s=1.0, echo=lambda s: echo("    " + s))
-    with ws.db() as db:
-        rows = db.execute("SELECT round, grp, ap, labelled_images FROM metrics ORDER BY round").fetchall()
+    rows = ws.metrics()
     last = ws.round_dir(rounds) / "pool_pred.json"
     _, dataset_path = ws.latest_dataset()
     fo_name = "spinetrack-quickstart"
-    build(from_dict(truth, path=truth_path), data / "images", [last] if last.is_file() else [],
+    build(truth, data / "images", [last] if last.is_file() else [],
           [data / "flag_report.json"], name=fo_name, sample_fields=ws.sample_fields(), echo=lambda s: echo("6. " + s))
     table: dict[int, dict[str, float]] = {}
     for r in rows:

@@ -175,3 +175,11 @@ def _describe_mismatch(names: Sequence[str], expected: Skeleton) -> str:
         if a != b:
             return f"keypoint {i} is named {a!r}, the {expected.name} layout expects {b!r}"
     return "keypoint names differ"
+
+
+def skeleton_for_count(k: int) -> Skeleton:
+    """The known layout with ``k`` keypoints (a model's output count), else an unnamed one (sigma 0.07)."""
+    for sk in KNOWN_SKELETONS.values():
+        if sk.num_keypoints == k:
+            return sk
+    return Skeleton(f"custom{k}", tuple(f"keypoint_{i}" for i in range(k)), np.full(k, 0.07))

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .coco import BAD_LENGTH, BAD_TYPE, MISSING, CocoKeypoints, load_coco
+from .coco import BAD_LENGTH, BAD_TYPE, MISSING, CocoFile, load_coco
 from .findings import Finding, Report, findings_from_mask, findings_per_keypoint
 from .io import MISSING_ID
 from .progress import progress
@@ -25,11 +25,11 @@ def validate_file(path: str | Path, skeleton: Skeleton | None = SPINETRACK37,
     return validate(ds, expected=skeleton, images_dir=images_dir)
 
 
-def validate(ds: CocoKeypoints, expected: Skeleton | None = SPINETRACK37,
+def validate(ds: CocoFile, expected: Skeleton | None = SPINETRACK37,
              images_dir: str | Path | None = None) -> Report:
     """All checks on a loaded file; returns one ``Report``."""
     report = Report(ds.source, stats={
-        "images": len(ds.images), "annotations": len(ds), "skeleton": ds.skeleton.name,
+        "images": len(ds.persons.images), "annotations": len(ds), "skeleton": ds.persons.skeleton.name,
     })
     for check in CHECKS:
         report.extend(check(ds, expected))
@@ -38,7 +38,7 @@ def validate(ds: CocoKeypoints, expected: Skeleton | None = SPINETRACK37,
     return report
 
 
-def _top_level(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
+def _top_level(ds: CocoFile, expected: Skeleton | None) -> list[Finding]:
     out = []
     for key, typ in {**_TOP_LEVEL, **_OPTIONAL_TOP_LEVEL}.items():
         required = key in _TOP_LEVEL
@@ -58,7 +58,7 @@ def _top_level(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
     return out
 
 
-def _categories(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
+def _categories(ds: CocoFile, expected: Skeleton | None) -> list[Finding]:
     cats = [c for c in ds.raw.get("categories") or [] if isinstance(c, dict)]
     out = []
     ids = [c.get("id") for c in cats]
@@ -88,8 +88,8 @@ def _int_in(x: Any, lo: int, hi: int) -> bool:
     return type(x) is int and lo <= x <= hi
 
 
-def _images(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
-    img = ds.images
+def _images(ds: CocoFile, expected: Skeleton | None) -> list[Finding]:
+    img = ds.persons.images
     ids = img["id"].to_numpy()
     out = []
     missing = ids == MISSING_ID
@@ -109,32 +109,33 @@ def _images(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
         bad = ~(np.isfinite(v) & (v > 0))
         out += findings_from_mask("image_fields", "error", bad, np.full(len(ids), MISSING_ID), ids,
                                   f"image '{col}' missing or not a positive number")
-    used = np.isin(ids, ds.image_ids)
+    used = np.isin(ids, ds.persons.image_ids)
     out += findings_from_mask("image_without_annotations", "info", ~used & ~missing,
                               np.full(len(ids), MISSING_ID), ids, "image has no annotations")
     return out
 
 
-def _annotation_refs(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
+def _annotation_refs(ds: CocoFile, expected: Skeleton | None) -> list[Finding]:
     out = []
-    aid, iid = ds.ann_ids, ds.image_ids
+    p = ds.persons
+    aid, iid = p.ann_ids, p.image_ids
     dup = _duplicated(aid) & (aid != MISSING_ID)
     out += findings_from_mask("annotation_id", "error", aid == MISSING_ID, aid, iid, "annotation has no integer 'id'")
     out += findings_from_mask("annotation_id", "error", dup, aid, iid, "duplicate annotation id")
-    known_images = ds.images["id"].to_numpy()
+    known_images = p.images["id"].to_numpy()
     no_img = ~np.isin(iid, known_images)
     out += findings_from_mask("image_ref", "error", no_img, aid, iid,
                               lambda r: "annotation has no integer 'image_id'" if iid[r] == MISSING_ID
                               else f"image_id {iid[r]} is not in 'images'")
     cats = {c.get("id"): c for c in ds.raw.get("categories") or [] if isinstance(c, dict)}
     cat_ids = np.array([c for c in cats if type(c) is int], dtype=np.int64)
-    no_cat = ~np.isin(ds.category_ids, cat_ids)
+    no_cat = ~np.isin(p.category_ids, cat_ids)
     out += findings_from_mask("category_ref", "error", no_cat, aid, iid,
-                              lambda r: f"category_id {_id_str(ds.category_ids[r])} is not in 'categories'")
+                              lambda r: f"category_id {_id_str(p.category_ids[r])} is not in 'categories'")
     kp_cat_ids = np.array([i for i, c in cats.items() if type(i) is int and isinstance(c.get("keypoints"), list)],
                           dtype=np.int64)
     if len(kp_cat_ids):
-        not_kp = ~no_cat & ~np.isin(ds.category_ids, kp_cat_ids)
+        not_kp = ~no_cat & ~np.isin(p.category_ids, kp_cat_ids)
         out += findings_from_mask("category_ref", "warning", not_kp, aid, iid,
                                   "annotation's category has no keypoint names")
     return out
@@ -148,16 +149,17 @@ def _duplicated(a: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _keypoints(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
-    aid, iid, k3 = ds.ann_ids, ds.image_ids, 3 * ds.skeleton.num_keypoints
-    st = ds.keypoints_status
+def _keypoints(ds: CocoFile, expected: Skeleton | None) -> list[Finding]:
+    p = ds.persons
+    aid, iid, k3 = p.ann_ids, p.image_ids, 3 * p.skeleton.num_keypoints
+    st = ds.status.keypoints
     out = findings_from_mask("keypoints_shape", "error", st == MISSING, aid, iid, "annotation has no 'keypoints' list")
     out += findings_from_mask("keypoints_shape", "error", st == BAD_LENGTH, aid, iid,
-                              lambda r: f"'keypoints' has {len(ds.annotations[r]['keypoints'])} numbers, "
+                              lambda r: f"'keypoints' has {ds.status.raw_lengths[r]} numbers, "
                                         f"expected {k3} ({k3 // 3} x 3)")
     out += findings_from_mask("keypoints_type", "error", st == BAD_TYPE, aid, iid,
                               "'keypoints' is not a list of numbers")
-    kp = ds.keypoints
+    kp = p.keypoints
     parsed = st == 0
     nonfinite = ~np.isfinite(kp).all(axis=2) & parsed[:, None]
     out += _kp_findings("keypoints_nonfinite", "error", nonfinite, ds, "non-finite keypoint values (NaN/Infinity)")
@@ -168,7 +170,7 @@ def _keypoints(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
     out += _kp_findings("unlabelled_with_coordinates", "warning", zero_v_coords, ds,
                          "v=0 keypoints with non-zero coordinates (COCO expects x=y=0)")
     counted = (v > 0).sum(axis=1)
-    nk = ds.num_keypoints
+    nk = ds.status.num_keypoints
     missing_nk = np.isnan(nk)
     wrong_nk = ~missing_nk & (nk != counted) & parsed
     out += findings_from_mask("num_keypoints", "error", missing_nk, aid, iid, "'num_keypoints' missing")
@@ -178,8 +180,9 @@ def _keypoints(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
     return out
 
 
-def _kp_findings(check: str, severity: str, mask: np.ndarray, ds: CocoKeypoints, what: str) -> list[Finding]:
-    return findings_per_keypoint(check, severity, mask, ds.ann_ids, ds.image_ids, ds.skeleton.names, what)
+def _kp_findings(check: str, severity: str, mask: np.ndarray, ds: CocoFile, what: str) -> list[Finding]:
+    p = ds.persons
+    return findings_per_keypoint(check, severity, mask, p.ann_ids, p.image_ids, p.skeleton.names, what)
 
 
 def _id_str(i: int) -> str:
@@ -190,12 +193,13 @@ def _fmt(x: float) -> str:
     return str(int(x)) if np.isfinite(x) and x == int(x) else str(x)
 
 
-def _boxes(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
-    aid, iid, st = ds.ann_ids, ds.image_ids, ds.boxes_status
+def _boxes(ds: CocoFile, expected: Skeleton | None) -> list[Finding]:
+    p = ds.persons
+    aid, iid, st = p.ann_ids, p.image_ids, ds.status.boxes
     out = findings_from_mask("bbox", "error", st == MISSING, aid, iid, "annotation has no 'bbox'")
     out += findings_from_mask("bbox", "error", (st == BAD_LENGTH) | (st == BAD_TYPE), aid, iid,
                               "'bbox' is not a list of 4 numbers [x, y, w, h]")
-    b = ds.boxes
+    b = p.boxes
     finite = np.isfinite(b).all(axis=1)
     out += findings_from_mask("bbox", "error", (st == 0) & ~finite, aid, iid, "'bbox' has non-finite values")
     x, y, w, h = b.T
@@ -203,7 +207,7 @@ def _boxes(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
         nonpos = finite & ((w <= 0) | (h <= 0))
         out += findings_from_mask("bbox", "error", nonpos, aid, iid,
                                   lambda r: f"bbox has non-positive size w={_fmt(w[r])} h={_fmt(h[r])}")
-        iw, ih = ds.image_size()
+        iw, ih = p.image_size()
         known = finite & np.isfinite(iw) & np.isfinite(ih) & ~nonpos
         tol = 1.0  # pixels: exporters round box corners
         disjoint = known & ((x >= iw) | (y >= ih) | (x + w <= 0) | (y + h <= 0))
@@ -214,26 +218,27 @@ def _boxes(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
     return out
 
 
-def _scalars(ds: CocoKeypoints, expected: Skeleton | None) -> list[Finding]:
-    aid, iid = ds.ann_ids, ds.image_ids
-    area = ds.areas
+def _scalars(ds: CocoFile, expected: Skeleton | None) -> list[Finding]:
+    p = ds.persons
+    aid, iid = p.ann_ids, p.image_ids
+    area = p.areas
     out = findings_from_mask("area", "error", np.isnan(area), aid, iid,
                              "'area' missing (the OKS metric needs it)")
     with np.errstate(invalid="ignore"):
         out += findings_from_mask("area", "error", ~np.isnan(area) & ~(np.isfinite(area) & (area > 0)), aid, iid,
                                   lambda r: f"'area' is {_fmt(area[r])}, expected a positive number")
-    crowd = ds.iscrowd
+    crowd = p.iscrowd
     out += findings_from_mask("iscrowd", "warning", np.isnan(crowd), aid, iid, "'iscrowd' missing (assumed 0)")
     out += findings_from_mask("iscrowd", "error", ~np.isnan(crowd) & ~np.isin(crowd, (0, 1)), aid, iid,
                               lambda r: f"'iscrowd' is {_fmt(crowd[r])}, expected 0 or 1")
     return out
 
 
-def check_image_files(ds: CocoKeypoints, images_dir: Path, workers: int = 8) -> list[Finding]:
+def check_image_files(ds: CocoFile, images_dir: Path, workers: int = 8) -> list[Finding]:
     """Missing or unreadable image files, and sizes that disagree with the file's width/height."""
     if not images_dir.is_dir():
         return [_file_finding("image_file", "error", f"images folder {images_dir} does not exist")]
-    img = ds.images
+    img = ds.persons.images
     rows = [r for r in img.itertuples(index=False) if isinstance(r.file_name, str) and r.file_name]
 
     def probe(r: Any) -> Finding | None:

@@ -21,8 +21,7 @@ from spinetrack_tools.biomech.model import (
     definition,
     forward_kinematics,
 )
-from spinetrack_tools.coco import from_dict
-from spinetrack_tools.quality import BodyGeometry
+from spinetrack_tools.biomech.geometry import BodyGeometry
 from spinetrack_tools.skeleton import SPINETRACK37
 
 from .conftest import write_json
@@ -94,7 +93,7 @@ def test_plausible_poses_rarely_fail(plausible):
     ex = rules.excess(f, rules.Thresholds.load())
     flagged = np.sum(list(ex.values()), axis=0) > 0
     assert flagged.mean() < 0.02
-    post = np.array([a["posture"] for a in ds.raw["annotations"]])
+    post = ds.attrs["posture"].astype(str)
     for p in ("lying", "inverted"):
         assert flagged[post == p].mean() < 0.04, p
 
@@ -139,10 +138,9 @@ def test_deep_fit_separates_plausible_from_bent(plausible):
 
 def test_cli_validate_biomech(tmp_path, plausible):
     ds, _ = plausible
-    data = copy.deepcopy(ds.raw)
+    data = ds.to_coco()
     data["annotations"] = data["annotations"][:40]
-    good = from_dict(data)
-    keep = np.flatnonzero(rules.plausibility(good) == 1)
+    keep = np.flatnonzero(rules.plausibility(ds.select(np.arange(40))) == 1)
     data["annotations"] = [data["annotations"][i] for i in keep[:10]]
     path = write_json(tmp_path / "ok.json", data)
     r = subprocess.run([sys.executable, "-m", "spinetrack_tools", "validate-biomech", str(path)],

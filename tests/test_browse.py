@@ -47,7 +47,7 @@ def scene(tmp_path_factory):
     coco, truth = synth.corrupt(synth.generate(12, seed=2, persons_per_image=(2, 3), image_dir=d / "images",
                                                fk="numpy"), 0.3, seed=3)
     write_json(d / "gt.json", coco)
-    flag(load_coco(d / "gt.json")).write_json(d / "flag.json")
+    flag(load_coco(d / "gt.json").persons).write_json(d / "flag.json")
     preds = [{"image_id": a["image_id"], "category_id": 1, "annotation_id": a["id"], "score": 0.9,
               "keypoints": [v + (1.5 if i % 3 == 0 else 0) if i % 3 < 2 else 0.8 for i, v in enumerate(a["keypoints"])]}
              for a in coco["annotations"]]
@@ -59,7 +59,7 @@ def test_build_reads_back(fo_env, scene):
     from spinetrack_tools.browse import build
 
     d, coco, truth = scene
-    ds = load_coco(d / "gt.json")
+    ds = load_coco(d / "gt.json").persons
     dataset = build(ds, d / "images", [d / "pred.json"], [d / "flag.json"], name="t-build", echo=lambda s: None)
     import fiftyone as fo
 
@@ -117,11 +117,11 @@ def test_bulk_documents_match_fiftyone_objects(fo_env, scene):
     hidden = max(coco["annotations"], key=lambda a: a["keypoints"][2::3].count(0))  # with v=0 points
     im = next(im for im in coco["images"] if im["id"] == hidden["image_id"])
     W, H = im["width"], im["height"]
-    fast = build(load_coco(d / "gt.json"), d / "images", [d / "pred.json"], [d / "flag.json"], name="t-bulk",
+    fast = build(load_coco(d / "gt.json").persons, d / "images", [d / "pred.json"], [d / "flag.json"], name="t-bulk",
                  sample_fields={im["id"]: {"al_round": 2, "al_status": "labelled", "none": None}},
                  echo=lambda s: None)
     got = fo.load_dataset("t-bulk").match({"coco_id": im["id"]}).first()
-    sk = load_coco(d / "gt.json").skeleton
+    sk = load_coco(d / "gt.json").persons.skeleton
     report = [f for f in json.loads((d / "flag.json").read_text())["findings"] if f["severity"] != "info"]
     preds = {p["annotation_id"]: p for p in json.loads((d / "pred.json").read_text())}
     kps, dets, pks, found = [], [], [], []

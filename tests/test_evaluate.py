@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from spinetrack_tools.coco import from_dict
-from spinetrack_tools.evaluate import (STAT_NAMES, detections_from_results, evaluate, ground_truth_from_coco,
-                                       pycocotools_reference)
+from spinetrack_tools.evaluate import STAT_NAMES, evaluate
+from spinetrack_tools.persons import Persons
 from spinetrack_tools.skeleton import SPINETRACK37
 
 from .conftest import write_json
+from .references import pycocotools_reference
 
 K = 37
 GROUPS = ("overall", "body", "feet", "spine", "experimental")
@@ -58,7 +58,7 @@ def reference(gt: dict, dets: list[dict], group: str) -> np.ndarray:
 
 
 def ours(gt: dict, dets: list[dict], **kw) -> dict:
-    return evaluate(ground_truth_from_coco(from_dict(gt)), detections_from_results(dets, K), groups=GROUPS, **kw)
+    return evaluate(Persons.from_coco(gt), Persons.from_results(dets, SPINETRACK37), groups=GROUPS, **kw)
 
 
 def assert_same(gt: dict, dets: list[dict]) -> None:
@@ -106,7 +106,10 @@ def test_unknown_images_and_groups_are_errors():
     with pytest.raises(ValueError, match="not in the ground truth"):
         ours(gt, dets + [dict(dets[0], image_id=999999)])
     with pytest.raises(ValueError, match="unknown keypoint group"):
-        evaluate(ground_truth_from_coco(from_dict(gt)), detections_from_results(dets, K), groups=["arms"])
+        evaluate(Persons.from_coco(gt), Persons.from_results(dets, SPINETRACK37), groups=["arms"])
+    gt["annotations"][0].pop("area")
+    with pytest.raises(ValueError, match="has no 'area'"):
+        ours(gt, dets)
 
 
 def test_cli_evaluate(tmp_path):

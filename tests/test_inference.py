@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from spinetrack_tools import synth
-from spinetrack_tools.coco import from_dict
+from spinetrack_tools.persons import Persons
 from spinetrack_tools.inference import transforms as T
 from spinetrack_tools.inference.model import Detector, PoseModel
 from spinetrack_tools.inference.predict import jobs_from_coco, jobs_from_folder, predict
@@ -79,40 +79,40 @@ def test_dark_refines_heatmap_peaks_to_sub_pixel():
 
 def test_predict_on_coco_boxes(scene, models):
     d, coco = scene
-    ds = from_dict(coco)
+    ds = Persons.from_coco(coco)
     cv2_threads = cv2.getNumThreads()
     preds = predict(PoseModel.load(models["simcc"]), jobs_from_coco(ds, d / "images"), batch_size=5)
     assert cv2.getNumThreads() == cv2_threads  # OpenCV's process-wide setting is given back
     expected = [a["id"] for a in coco["annotations"] if not a["iscrowd"]]
-    assert sorted(preds.source_ids.tolist()) == sorted(expected)
-    assert preds.keypoints.shape == (len(expected), 37, 2) and preds.confidences.shape == (len(expected), 37)
+    assert sorted(preds.ann_ids.tolist()) == sorted(expected)
+    assert preds.keypoints.shape == (len(expected), 37, 3) and preds.predicted
     res = preds.to_results()
     assert {"image_id", "category_id", "keypoints", "score", "annotation_id", "person_box"} <= set(res[0])
     assert len(res[0]["keypoints"]) == 111
     # the instance score is the mean of the confidences above 0.2
-    c = preds.confidences[0]
+    c = preds.keypoints[0, :, 2]
     assert preds.scores[0] == pytest.approx(c[c > 0.2].mean() if (c > 0.2).any() else 0.0)
 
 
 def test_batching_layout_and_fixed_batch_do_not_change_results(scene, models):
     d, coco = scene
-    jobs = jobs_from_coco(from_dict(coco), d / "images")
+    jobs = jobs_from_coco(Persons.from_coco(coco), d / "images")
     ref = predict(PoseModel.load(models["simcc"]), jobs, batch_size=1)
     for name, bs in (("simcc", 64), ("nhwc", 7), ("batch1", 16)):
         p = predict(PoseModel.load(models[name]), jobs, batch_size=bs)
-        assert np.array_equal(p.keypoints, ref.keypoints) and np.array_equal(p.confidences, ref.confidences), name
+        assert np.array_equal(p.keypoints, ref.keypoints), name
 
 
 def test_rgb_option_swaps_the_channels(scene, models):
     d, coco = scene
-    jobs = jobs_from_coco(from_dict(coco), d / "images")
+    jobs = jobs_from_coco(Persons.from_coco(coco), d / "images")
     m = PoseModel.load(models["simcc"])
-    assert not np.array_equal(predict(m, jobs, rgb=True).confidences, predict(m, jobs).confidences)
+    assert not np.array_equal(predict(m, jobs, rgb=True).keypoints, predict(m, jobs).keypoints)
 
 
 def test_heatmap_models_run(scene, models):
     d, coco = scene
-    p = predict(PoseModel.load(models["heatmap"]), jobs_from_coco(from_dict(coco), d / "images"))
+    p = predict(PoseModel.load(models["heatmap"]), jobs_from_coco(Persons.from_coco(coco), d / "images"))
     assert np.isfinite(p.keypoints).all() and len(p) == sum(1 for a in coco["annotations"] if not a["iscrowd"])
 
 
@@ -126,10 +126,12 @@ def test_detector_boxes(tmp_path, scene, models):
     assert np.allclose(boxes, [[10, 20, 100, 200]]) and np.allclose(scores, [0.9])
     img2 = np.zeros((960, 1280, 3), np.uint8)  # letterboxed by 0.5: boxes scale back by 2
     assert np.allclose(detector(img2)[0], [[20, 40, 200, 400]])
-    preds = predict(PoseModel.load(models["simcc"]), jobs_from_folder(d / "images"), detector)
-    assert len(preds) == len(coco["images"]) and (preds.source_ids < 0).all()
+    preds = predict(PoseModel.load(models["simcc"]), jobs_from_folder(d / "images"), detector=detector)
+    assert len(preds) == len(coco["images"]) and (preds.ann_ids < 0).all()
     assert np.allclose(preds.scores, 0.9 * np.array([c[c > 0.2].mean() if (c > 0.2).any() else 0
-                                                     for c in preds.confidences]))
+                                                     for c in preds.keypoints[..., 2]]))
+    assert list(preds.images["file_name"]) == [im["file_name"] for im in coco["images"]]
+    assert (preds.images["width"] > 0).all()  # the sizes as read
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +156,7 @@ def test_same_keypoints_as_the_spinepose_package(scene, models, spinepose):
     import cv2
 
     d, coco = scene
-    ds = from_dict(coco)
+    ds = Persons.from_coco(coco)
     jobs = jobs_from_coco(ds, d / "images")
     ours = predict(PoseModel.load(models["simcc"]), jobs, batch_size=8)
     ref_kp, ref_sc = [], []
@@ -168,8 +170,8 @@ def test_same_keypoints_as_the_spinepose_package(scene, models, spinepose):
     ref_kp, ref_sc = np.concatenate(ref_kp), np.concatenate(ref_sc)
     valid = ref_sc > 0
     assert valid.mean() > 0.3  # the random model leaves some invalid (score <= 0) points, as real ones do
-    assert np.abs(ours.keypoints[valid] - ref_kp[valid]).max() < 1e-3
-    assert np.abs(ours.confidences - ref_sc).max() < 1e-4
+    assert np.abs(ours.keypoints[..., :2][valid] - ref_kp[valid]).max() < 1e-3
+    assert np.abs(ours.keypoints[..., 2] - ref_sc).max() < 1e-4
 
 
 def test_cli_predict(tmp_path, scene, models):

@@ -16,7 +16,8 @@ import pytest
 
 from spinetrack_tools import synth
 from spinetrack_tools.labelstudio.client import Connection, LabelStudioError, image_url, pull, push
-from spinetrack_tools.labelstudio.convert import Person, to_labelstudio, to_result
+from spinetrack_tools.labelstudio.convert import to_labelstudio, to_result
+from spinetrack_tools.persons import Persons
 from spinetrack_tools.labelstudio.server import status, stop
 from spinetrack_tools.skeleton import SPINETRACK37
 
@@ -30,7 +31,7 @@ def pushed(label_studio):
     images = root / "set1"
     coco = synth.generate(6, seed=4, persons_per_image=(2, 3), image_dir=images, fk="numpy")
     conn = Connection.open(info.url, info.token)
-    tasks = to_labelstudio(coco, image_url=image_url(root, images), model_version="round-1")
+    tasks = to_labelstudio(Persons.from_coco(coco), image_url=image_url(root, images), model_version="round-1")
     res = push(conn, "integration", tasks, images, root, "round-1")
     return conn, coco, tasks, res, images
 
@@ -90,7 +91,9 @@ def test_annotator_edits_come_back_exactly(pushed):
     box = np.array(anns[1]["bbox"])
     x, y = box[0] + box[2] * 0.5, box[1] + box[3] * 0.5
     for k, with_parent in zip(missing[:2], (True, False)):
-        r = to_result([Person(second, box, np.where(np.arange(K)[:, None] == k, [[x, y, 2]], 0.0))], W, H)[1]
+        one = Persons.build(SPINETRACK37, np.where(np.arange(K)[:, None] == k, [[x, y, 2]], 0.0), [im["id"]],
+                            ann_ids=[second], boxes=box)
+        r = to_result(one, [0], W, H)[1]
         if not with_parent:
             del r["parentID"]
             r["id"] = "manual-1"
@@ -99,7 +102,7 @@ def test_annotator_edits_come_back_exactly(pushed):
     conn.ls.annotations.create(id=res.created[task["data"]["sample_id"]], result=result)
     out = pull(conn, "integration")
     assert out.findings == [] and out.tasks == 1
-    got = {a["id"]: np.array(a["keypoints"], dtype=float).reshape(K, 3) for a in out.coco["annotations"]}
+    got = {a["id"]: np.array(a["keypoints"], dtype=float).reshape(K, 3) for a in out.persons.to_coco()["annotations"]}
     other = [a for a in anns if a["id"] not in (first, second)]
     assert set(got) == set(expected)
     for aid, kp in expected.items():
@@ -120,10 +123,10 @@ def test_incremental_pull_and_cancelled_annotations(pushed):
     tid = res.created[t2["data"]["sample_id"]]
     conn.ls.annotations.create(id=tid, result=t2["predictions"][0]["result"])
     later = pull(conn, "integration", since=first.watermark)
-    assert {im["id"] for im in later.coco["images"]} >= {t2["data"]["image_id"]}
+    assert set(later.persons.images["id"]) >= {t2["data"]["image_id"]}
     tid3 = res.created[tasks[2]["data"]["sample_id"]]
     conn.ls.annotations.create(id=tid3, result=[], was_cancelled=True)
-    ids = {im["id"] for im in pull(conn, "integration").coco["images"]}
+    ids = set(pull(conn, "integration").persons.images["id"])
     assert tasks[2]["data"]["image_id"] not in ids
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from spinetrack_tools import synth
-from spinetrack_tools.coco import from_dict
+from spinetrack_tools.coco import parse_file
+from spinetrack_tools.persons import Persons
 from spinetrack_tools.quality import detection_scores, flag
 
 # Minimum recall per corruption kind on the synthetic benchmark. Left/right swaps seen from the side
@@ -21,7 +22,7 @@ MIN_RECALL = {
 def benchmark():
     clean = synth.generate(1500, seed=21)
     data, truth = synth.corrupt(clean, fraction=0.3, seed=22)
-    ds = from_dict(data)
+    ds = Persons.from_coco(data)
     return clean, ds, truth, flag(ds)
 
 
@@ -62,7 +63,7 @@ def test_the_right_check_fires(benchmark):
 @pytest.mark.parametrize("posture", synth.POSTURES)
 def test_plausible_postures_are_not_flagged(posture):
     data = synth.generate(300, seed=5, postures=[posture])
-    report = flag(from_dict(data))
+    report = flag(Persons.from_coco(data))
     flagged = report.flagged_annotation_ids("error")
     assert len(flagged) / len(data["annotations"]) <= 0.01, Counter(f.check for f in report.by_severity("error"))
 
@@ -71,7 +72,7 @@ def test_duplicates_point_to_the_original(synthetic):
     data = copy.deepcopy(synthetic)
     orig = data["annotations"][5]
     data["annotations"].append(dict(orig, id=99999))
-    (f,) = [f for f in flag(from_dict(data)).findings if f.check == "duplicate"]
+    (f,) = [f for f in flag(Persons.from_coco(data)).findings if f.check == "duplicate"]
     assert f.annotation_id == 99999 and f.values["duplicate_of"] == orig["id"]
 
 
@@ -80,7 +81,7 @@ def test_zero_points_and_swaps_name_their_keypoints(synthetic):
     a = data["annotations"][0]
     k = next(i for i in range(37) if a["keypoints"][3 * i + 2] > 0)
     a["keypoints"][3 * k: 3 * k + 2] = [0.0, 0.0]
-    f = next(f for f in flag(from_dict(data)).findings if f.check == "zero_visible")
+    f = next(f for f in flag(Persons.from_coco(data)).findings if f.check == "zero_visible")
     assert f.annotation_id == a["id"] and f.keypoints == [synth.SPINETRACK37.names[k]]
 
 
@@ -94,7 +95,7 @@ def test_thresholds_adapt_to_the_file(synthetic):
         torso = 0.3 * max(a["bbox"][2], a["bbox"][3])
         kp[chain, :2] += np.where(kp[chain, 2:] > 0, rng.normal(0, 0.05 * torso, (len(chain), 2)), 0)
         a["keypoints"] = kp.ravel().tolist()
-    report = flag(from_dict(data))
+    report = flag(Persons.from_coco(data))
     noise = [f for f in report.findings if f.check == "noise"]
     assert len(noise) <= 0.02 * len(data["annotations"])
 
@@ -115,7 +116,7 @@ EDGE_CASES = {
 def test_degenerate_files_do_not_crash_or_false_alarm(case):
     data = synth.generate(5, seed=1)
     EDGE_CASES[case](data)
-    assert flag(from_dict(data)).by_severity("error") == []
+    assert flag(parse_file(data).persons).by_severity("error") == []  # the lenient reader, as the CLI
 
 
 def test_other_layouts_run_the_checks_they_can(synthetic):
@@ -127,7 +128,7 @@ def test_other_layouts_run_the_checks_they_can(synthetic):
         a["keypoints"] = a["keypoints"][:51]
     data["annotations"][0]["keypoints"][0:2] = [0.0, 0.0]
     data["annotations"][0]["keypoints"][2] = 2
-    report = flag(from_dict(data))
+    report = flag(Persons.from_coco(data))
     errors = report.by_severity("error")
     assert [f.annotation_id for f in errors if f.check == "zero_visible"] == [data["annotations"][0]["id"]]
     assert not {"spine_order", "spine_detached", "noise"} & {f.check for f in errors}  # no spine in COCO-17

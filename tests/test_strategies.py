@@ -8,7 +8,8 @@ import pytest
 from spinetrack_tools import synth
 from spinetrack_tools.active_learning import DEFAULT_STRATEGY, STRATEGY_NAMES
 from spinetrack_tools.active_learning.strategies import STRATEGIES, PoolScores, select
-from spinetrack_tools.inference.predict import Predictions
+from spinetrack_tools.io import InputError
+from spinetrack_tools.persons import Persons
 from spinetrack_tools.skeleton import SPINETRACK37
 
 
@@ -21,10 +22,11 @@ def pool(confidence: np.ndarray, jitter_flip: np.ndarray) -> PoolScores:
     ids = np.array([a["image_id"] for a in coco["annotations"]])
     conf = np.repeat(confidence[:, None], kp.shape[1], axis=1)
 
-    def preds(points: np.ndarray) -> Predictions:
-        return Predictions(ids, np.ones_like(ids), ids, boxes, points, conf, confidence)
+    def preds(points: np.ndarray) -> Persons:
+        return Persons.build(SPINETRACK37, np.concatenate([points, conf[..., None]], axis=2), ids, boxes=boxes,
+                             scores=confidence, predicted=True)
 
-    return PoolScores(np.sort(ids), preds(kp), preds(kp + jitter_flip[:, None, None]), SPINETRACK37)
+    return PoolScores(np.sort(ids), preds(kp), preds(kp + jitter_flip[:, None, None]))
 
 
 def test_registry_matches_the_names_the_cli_offers():
@@ -63,5 +65,5 @@ def test_random_is_seeded_and_unknown_names_are_refused():
     a, _ = select(p, "random", 10, np.random.default_rng(1))
     b, _ = select(p, "random", 10, np.random.default_rng(1))
     assert a.tolist() == b.tolist() and len(set(a.tolist())) == 10
-    with pytest.raises(ValueError, match="unknown strategy"):
+    with pytest.raises(InputError, match="unknown strategy"):
         select(p, "nope", 5, np.random.default_rng(0))

@@ -2,7 +2,9 @@ import numpy as np
 
 from spinetrack_tools import synth
 from spinetrack_tools.biomech.model import default_model, forward_kinematics
-from spinetrack_tools.coco import from_dict
+from spinetrack_tools.biomech.poses import sample_poses
+from spinetrack_tools.coco import parse_file
+from spinetrack_tools.persons import Persons
 from spinetrack_tools.skeleton import SPINETRACK37
 from spinetrack_tools.validate import validate
 
@@ -17,8 +19,8 @@ def test_deterministic_for_a_seed():
 
 def test_output_is_valid_coco_with_all_postures_and_visibilities():
     data = synth.generate(300, seed=2, persons_per_image=(2, 4))
-    assert validate(from_dict(data)).findings == []
-    ds = from_dict(data)
+    assert validate(parse_file(data)).findings == []
+    ds = Persons.from_coco(data)
     v = ds.keypoints[..., 2]
     assert set(np.unique(v)) == {0, 1, 2}
     assert (ds.keypoints[v == 0][:, :2] == 0).all()
@@ -33,7 +35,7 @@ def test_output_is_valid_coco_with_all_postures_and_visibilities():
 def test_forward_kinematics_keeps_segment_lengths():
     model = default_model()
     rng = np.random.default_rng(0)
-    angles, root, _ = synth.sample_poses(model, 200, rng)
+    angles, root, _ = sample_poses(model, 200, rng)
     pts, _ = forward_kinematics(model, angles, root)
     rest, _ = forward_kinematics(model, np.zeros_like(angles[:1]), np.eye(3)[None])
     sk = SPINETRACK37
@@ -47,7 +49,7 @@ def test_forward_kinematics_keeps_segment_lengths():
 
 def test_inverted_postures_are_upside_down():
     data = synth.generate(60, seed=4, postures=["inverted"], persons_per_image=(1, 1))
-    ds = from_dict(data)
+    ds = Persons.from_coco(data)
     head, ankle = SPINETRACK37.index("head"), SPINETRACK37.index("left_ankle")
     both = (ds.keypoints[:, head, 2] > 0) & (ds.keypoints[:, ankle, 2] > 0)
     below = ds.keypoints[both, head, 1] > ds.keypoints[both, ankle, 1]  # image y grows downwards

@@ -31,13 +31,13 @@ def data(tmp_path_factory):
 
 
 def test_loss_decreases_on_a_batch(data):
-    from spinetrack_tools.coco import load_coco
+    from spinetrack_tools.coco import read_persons
 
     torch.manual_seed(0)
-    ds = load_coco(data / "train.json")
-    samples = load_samples(ds, data / "images")[:4]
+    ds = read_persons(data / "train.json")
+    samples = load_samples(ds, data / "images")
     cfg = ModelConfig(width=0.25)
-    x, tx, ty, w = (torch.from_numpy(a) for a in make_batch(samples, cfg, ds.skeleton.flip_index,
+    x, tx, ty, w = (torch.from_numpy(a) for a in make_batch(samples, np.arange(4), cfg, ds.skeleton.flip_index,
                                                              np.random.default_rng(0), augment=True))
     assert x.shape == (4, 3, 256, 192) and tx.shape == (4, 37, 384) and ty.shape == (4, 37, 512)
     model = SimCCNet(cfg)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spinetrack_tools.coco import from_dict
+from spinetrack_tools.coco import parse_file
 from spinetrack_tools.skeleton import COCO17
 from spinetrack_tools.validate import validate, validate_file
 
@@ -17,7 +17,7 @@ def checks(report, severity=None):
 
 
 def test_clean_synthetic_file_has_no_findings(synthetic):
-    r = validate(from_dict(synthetic))
+    r = validate(parse_file(synthetic))
     assert r.findings == []
     assert not r.has_errors
 
@@ -73,7 +73,7 @@ DEFECTS = {
 def test_each_defect_is_reported(coco, name):
     mutate, expected = DEFECTS[name]
     mutate(coco)
-    r = validate(from_dict(coco))
+    r = validate(parse_file(coco))
     assert expected in checks(r), f"{name}: got {checks(r)}"
     # nothing else of error severity is reported on an otherwise clean file, bar knock-on effects
     if name in ("keypoints_wrong_length", "nonfinite", "visibility_value", "bbox_zero"):
@@ -83,7 +83,7 @@ def test_each_defect_is_reported(coco, name):
 def test_findings_name_annotation_and_image(coco):
     a = _ann(coco, 3)
     a["num_keypoints"] = 0
-    r = validate(from_dict(coco))
+    r = validate(parse_file(coco))
     (f,) = r.findings
     assert (f.annotation_id, f.image_id) == (a["id"], a["image_id"])
     assert "num_keypoints is 0" in f.message
@@ -92,7 +92,7 @@ def test_findings_name_annotation_and_image(coco):
 def test_keypoint_level_findings_name_the_keypoints(coco):
     a = _ann(coco)
     a["keypoints"][3 * 26 + 2] = 7
-    (f,) = validate(from_dict(coco)).findings
+    (f,) = validate(parse_file(coco)).findings
     assert f.keypoints == ["spine_01"]
 
 
@@ -134,7 +134,7 @@ def test_image_paths_may_not_escape_the_folder(tmp_path, coco):
 
 def test_report_json_shape(tmp_path, coco):
     _ann(coco)["area"] = -1
-    r = validate(from_dict(coco))
+    r = validate(parse_file(coco))
     r.write_json(tmp_path / "r.json")
     data = json.loads((tmp_path / "r.json").read_text())
     assert set(data) == {"summary", "findings"}
@@ -147,8 +147,8 @@ def test_many_annotations_with_unique_ids_are_clean(synthetic):
     big = copy.deepcopy(synthetic)
     base = big["annotations"]
     big["annotations"] = [dict(a, id=a["id"] + k * 10**6) for k in range(20) for a in base]
-    ds = from_dict(big)
-    r = validate(ds)
-    assert len(ds) == 20 * len(base)
+    f = parse_file(big)
+    r = validate(f)
+    assert len(f) == 20 * len(base)
     assert {f.check for f in r.findings} == set()
-    assert np.isfinite(ds.keypoints).all()
+    assert np.isfinite(f.persons.keypoints).all()

@@ -13,10 +13,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..coco import from_dict
 from ..evaluate import oks
-from ..inference.predict import Predictions
-from ..skeleton import Skeleton
+from ..io import InputError
+from ..persons import Persons
 
 STRATEGIES: dict[str, Callable[["PoolScores", np.random.Generator], np.ndarray]] = {}
 
@@ -33,9 +32,8 @@ class PoolScores:
     """The pool's predictions (and flipped predictions) with the per-image index."""
 
     image_ids: np.ndarray  # [I] pool images, in order
-    preds: Predictions
-    flipped: Predictions | None
-    skeleton: Skeleton
+    preds: Persons
+    flipped: Persons | None
 
     def per_image(self, person_scores: np.ndarray) -> np.ndarray:
         """Max over each image's persons (0 for images without persons)."""
@@ -51,7 +49,7 @@ def random_scores(p: PoolScores, rng: np.random.Generator) -> np.ndarray:
 
 
 def _uncertainty(p: PoolScores) -> np.ndarray:
-    conf = np.clip(p.preds.confidences, 0, 1)
+    conf = np.clip(p.preds.keypoints[..., 2], 0, 1)
     return 1 - conf.mean(axis=1)
 
 
@@ -63,11 +61,10 @@ def least_confidence(p: PoolScores, rng: np.random.Generator) -> np.ndarray:
 def _flip_disagreement(p: PoolScores) -> np.ndarray:
     if p.flipped is None:
         raise ValueError("the flip strategy needs flipped predictions")
-    a = p.preds.keypoint_triplets().copy()
-    b = p.flipped.keypoint_triplets()
+    a = p.preds.keypoints.copy()
     a[..., 2] = 2.0  # every predicted point counts
     area = np.maximum(p.preds.boxes[:, 2] * p.preds.boxes[:, 3] * 0.53, 1.0)
-    return 1 - oks(a, b, area, p.skeleton.sigmas)
+    return 1 - oks(a, p.flipped.keypoints, area, p.preds.skeleton.sigmas)
 
 
 @strategy("flip")
@@ -78,8 +75,7 @@ def flip_scores(p: PoolScores, rng: np.random.Generator) -> np.ndarray:
 def _implausibility(p: PoolScores) -> np.ndarray:
     from ..biomech.rules import plausibility
 
-    coco = _as_coco(p)
-    return 1 - plausibility(from_dict(coco, skeleton=p.skeleton))
+    return 1 - plausibility(p.preds.as_labels())
 
 
 @strategy("biomech")
@@ -100,7 +96,7 @@ def hybrid_scores(p: PoolScores, rng: np.random.Generator) -> np.ndarray:
 def select(p: PoolScores, name: str, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Image ids of the batch and the score of every pool image."""
     if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
+        raise InputError(None, f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
     scores = STRATEGIES[name](p, rng)
     order = np.argsort(-scores, kind="stable")
     if name == "hybrid":
@@ -113,9 +109,9 @@ def select(p: PoolScores, name: str, k: int, rng: np.random.Generator) -> tuple[
 def _embeddings(p: PoolScores) -> np.ndarray:
     """One vector per image: its first person's keypoints normalised to the person's box."""
     pos = np.searchsorted(p.image_ids, p.preds.image_ids)
-    emb = np.zeros((len(p.image_ids), p.skeleton.num_keypoints * 2))
+    emb = np.zeros((len(p.image_ids), p.preds.skeleton.num_keypoints * 2))
     box = p.preds.boxes
-    norm = (p.preds.keypoints - box[:, None, :2]) / np.maximum(box[:, None, 2:], 1)
+    norm = (p.preds.keypoints[..., :2] - box[:, None, :2]) / np.maximum(box[:, None, 2:], 1)
     first = np.unique(pos, return_index=True)[1]
     emb[pos[first]] = norm[first].reshape(len(first), -1)
     return emb
@@ -133,16 +129,3 @@ def _k_center(emb: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
         chosen.append(nxt)
         dist = np.minimum(dist, np.linalg.norm(emb - emb[nxt], axis=1))
     return np.array(chosen)
-
-
-def _as_coco(p: PoolScores) -> dict:
-    """Predictions as a COCO dict (points with confidence > 0 as visible) for the biomechanical rules."""
-    trip = p.preds.keypoint_triplets().copy()
-    trip[..., 2] = np.where(trip[..., 2] > 0, 2, 0)
-    trip[trip[..., 2] == 0, :2] = 0
-    images = [{"id": int(i), "file_name": str(i), "width": 1, "height": 1} for i in p.image_ids]
-    anns = [{"id": n + 1, "image_id": int(iid), "category_id": 1, "bbox": p.preds.boxes[n].tolist(),
-             "area": float(p.preds.boxes[n, 2] * p.preds.boxes[n, 3]), "iscrowd": 0,
-             "num_keypoints": int((trip[n, :, 2] > 0).sum()), "keypoints": trip[n].ravel().tolist()}
-            for n, iid in enumerate(p.preds.image_ids)]
-    return {"images": images, "annotations": anns, "categories": [p.skeleton.to_category()]}

@@ -11,25 +11,22 @@ times that.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import numpy as np
 
-from .. import synth
-from ..coco import CocoKeypoints, from_dict
-from ..quality import BodyGeometry
-from .fit import TORSO_3D
+from ..persons import Persons
+from .geometry import BodyGeometry
 from .model import OSIM_PATH
-from .rules import RULES, Features, Thresholds, features
+from .poses import pose_scene
+from .rules import RULES, Features, Thresholds, excess, features
 
 SEGMENT_TAIL_DIVISOR = 4
 
 
-def plausible_sample(n_images: int, seed: int, noise: float, fk: str = "opensim") -> tuple[Any, Features]:
+def plausible_sample(n_images: int, seed: int, noise: float, fk: str = "opensim") -> tuple[Persons, Features]:
     """Synthetic plausible annotations over the whole range of motion, with annotation noise
     (Gaussian, ``noise`` x torso length per coordinate), and their rule values."""
-    coco = synth.generate(n_images, seed=seed, persons_per_image=(1, 3), fk=fk, spread=1.0)
-    ds = from_dict(coco)
+    ds = pose_scene(n_images, seed=seed, persons_per_image=(1, 3), fk=fk, spread=1.0).persons
     rng = np.random.default_rng(seed + 1)
     torso = BodyGeometry(ds).torso
     lab = ds.keypoints[..., 2] > 0
@@ -56,8 +53,6 @@ def _bounds(f: Features, alpha: float) -> Thresholds:
 def _flag_rate(f: Features, t: Thresholds, postures: np.ndarray | None = None) -> float:
     """Share of annotations failing some rule; with ``postures``, the worst posture's share / 1.5 when
     that is higher (no posture, lying or inverted included, may carry the false alarms)."""
-    from .rules import excess
-
     flagged = np.sum(list(excess(f, t).values()), axis=0) > 0
     rate = float(flagged.mean())
     if postures is not None:
@@ -69,7 +64,7 @@ def calibrate(n_images: int = 20000, seed: int = 0, noise: float = 0.01, target_
               fk: str = "opensim") -> Thresholds:
     """Thresholds such that ``target_rate`` of plausible synthetic annotations fail some rule."""
     ds, f = plausible_sample(n_images, seed, noise, fk)
-    postures = np.array([a["posture"] for a in ds.raw["annotations"]])
+    postures = ds.attrs["posture"].astype(str)
     lo, hi = 1e-5, target_rate
     for _ in range(30):  # bisection on the per-rule tail probability
         mid = (lo + hi) / 2
@@ -87,12 +82,12 @@ def calibrate(n_images: int = 20000, seed: int = 0, noise: float = 0.01, target_
     return t
 
 
-def corrupt_spines(ds: CocoKeypoints, kind: str, rng: np.random.Generator) -> np.ndarray:
+def corrupt_spines(ds: Persons, kind: str, rng: np.random.Generator) -> np.ndarray:
     """Corrupt every annotation's spine chain in place; returns the mask of annotations it applied to."""
     chain = np.array(ds.skeleton.spine_chain)
     kp = ds.keypoints
     ok = (kp[:, chain, 2] > 0).all(axis=1)
-    torso = BodyGeometry(ds).stature * TORSO_3D
+    torso = BodyGeometry(ds).torso
     n = len(ds)
     mag = rng.uniform(0.2, 0.4, n) * torso
     ang = rng.uniform(0, 2 * np.pi, n)

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..quality import BodyGeometry
+from ..findings import Finding
+from ..io import MISSING_ID
+from ..persons import Persons
+from ..progress import progress
+from .geometry import BodyGeometry, torso_fraction
 from .model import KinematicModel, default_model, euler, forward_kinematics
-
-TORSO_3D = 0.314  # mid-hip to mid-shoulder, fraction of stature
 
 
 @dataclass
@@ -58,7 +60,7 @@ class PoseFitter:
 
         lab = (keypoints[:, 2] > 0) & np.isfinite(keypoints[:, :2]).all(axis=1)
         obs = keypoints[:, :2]
-        torso = max(stature_px * TORSO_3D, 1e-6)
+        torso = max(stature_px * torso_fraction(), 1e-6)
         w = np.sqrt(lab.astype(float))
 
         def residuals(x: np.ndarray) -> np.ndarray:
@@ -113,22 +115,11 @@ class PoseFitter:
         return np.concatenate([d, prior], axis=1)
 
 
-def fit_annotations(ds, rows: np.ndarray, fitter: PoseFitter | None = None) -> list[FitResult]:
-    """Deep fits of the annotations at ``rows`` of a loaded file."""
-    fitter = fitter or PoseFitter()
-    g = BodyGeometry(ds)
-    return [fitter.fit(ds.keypoints[r], float(g.stature[r])) for r in rows]
-
-
 DEEP_SPINE_RESIDUAL = 0.08  # torso lengths; plausible fits stay under 0.05, a 20% bend leaves 0.14-0.34
 
 
-def deep_findings(ds, rows: np.ndarray, fitter: PoseFitter | None = None) -> list:
-    """Findings of the deep fit of the annotations at ``rows``: spine residual and pinned coordinates."""
-    from ..findings import Finding
-    from ..io import MISSING_ID
-    from ..progress import progress
-
+def deep_findings(ds: Persons, rows: np.ndarray, fitter: PoseFitter | None = None) -> list[Finding]:
+    """Findings of the deep fit of the persons at ``rows``: spine residual and pinned coordinates."""
     fitter = fitter or PoseFitter()
     g = BodyGeometry(ds)
     chain = ds.skeleton.spine_chain

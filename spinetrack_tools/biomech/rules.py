@@ -15,22 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from ..coco import CocoKeypoints
 from ..findings import Finding, Report, findings_from_mask
-from ..quality import BodyGeometry, point_segment_distance, quiet
+from ..persons import Persons
+from .geometry import (BOUNDED_SEGMENTS, CROSSINGS, TORSO_PAIRS, BodyGeometry, point_segment_distance, quiet,
+                       reference_length)
 from .model import THRESHOLDS_PATH
 
-# Segments bounded from above (2D length / (reference length x body scale)); spine links included.
-_BOUNDED_SEGMENTS = (
-    ("hip", "spine_01"), ("spine_01", "spine_02"), ("spine_02", "spine_03"), ("spine_03", "spine_04"),
-    ("spine_04", "spine_05"), ("spine_05", "neck"), ("neck", "neck_02"), ("neck_02", "neck_03"),
-    ("left_shoulder", "left_elbow"), ("right_shoulder", "right_elbow"), ("left_elbow", "left_wrist"),
-    ("right_elbow", "right_wrist"), ("left_hip", "left_knee"), ("right_hip", "right_knee"),
-    ("left_knee", "left_ankle"), ("right_knee", "right_ankle"), ("left_shoulder", "right_shoulder"),
-    ("left_hip", "right_hip"), ("neck_03", "head"),
-)
-_TORSO_PAIRS = ("shoulder", "hip", "clavicle", "latissimus")
-_CROSSINGS = (("shoulder", "elbow"), ("hip", "knee"))
+_CROSSINGS = tuple((p, c) for p, c, natural in CROSSINGS if not natural)  # crossing forearms/shins is natural
 
 # rule -> ("upper" | "lower", keypoints it concerns ("spine" = the chain))
 RULES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -41,7 +32,7 @@ RULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "spine_off_torso": ("upper", ("spine",)),
     "head_attachment": ("upper", ("neck_03", "left_ear", "right_ear")),
     "segment_length": ("upper", ()),
-    "lr_torso": ("upper", tuple(f"{s}_{p}" for p in _TORSO_PAIRS for s in ("left", "right"))),
+    "lr_torso": ("upper", tuple(f"{s}_{p}" for p in TORSO_PAIRS for s in ("left", "right"))),
     "lr_crossing": ("lower", tuple(f"{s}_{p}" for c in _CROSSINGS for p in c for s in ("left", "right"))),
 }
 
@@ -59,18 +50,10 @@ class Features:
     worst_spine_point: np.ndarray  # [N] index into the chain of the worst point of the order/curvature rules
 
 
-def _ref_segment_lengths() -> dict[str, float]:
-    from .model import default_model
-
-    m = default_model()
-    pos = dict(zip(m.marker_names, m.markers))
-    return {_seg_name(a, b): float(np.linalg.norm(pos[a] - pos[b])) for a, b in _BOUNDED_SEGMENTS}
-
-
-def features(ds: CocoKeypoints) -> Features:
-    """Compute every rule's value for every annotation (vectorised)."""
-    g = BodyGeometry(ds)
-    n = len(ds)
+def features(persons: Persons) -> Features:
+    """Compute every rule's value for every person (vectorised)."""
+    g = BodyGeometry(persons)
+    n = len(persons)
     nan = np.full(n, np.nan)
     vals: dict[str, np.ndarray] = {k: nan.copy() for k in RULES}
     worst = np.zeros(n, dtype=np.int64)
@@ -114,14 +97,13 @@ def features(ds: CocoKeypoints) -> Features:
         if oc1 is not None and oe is not None:
             vals["head_attachment"] = np.where(oc1 & oe, np.linalg.norm(c1 - me, axis=1) / g.torso, np.nan)
 
-        ref = _ref_segment_lengths()
         segs = {}
-        for a, b in _BOUNDED_SEGMENTS:
+        for a, b in BOUNDED_SEGMENTS:
             (pa, oa), (pb, ob) = g.point(a), g.point(b)
             if oa is None or ob is None:
                 continue
-            name = _seg_name(a, b)
-            segs[name] = np.where(oa & ob, np.linalg.norm(pa - pb, axis=1) / (ref[name] * g.stature), np.nan)
+            segs[_seg_name(a, b)] = np.where(oa & ob, np.linalg.norm(pa - pb, axis=1) /
+                                             (reference_length(a, b) * g.stature), np.nan)
         vals["lr_torso"], vals["lr_crossing"] = _left_right(g)
     return Features(vals, segs, worst)
 
@@ -147,38 +129,24 @@ def _order_step(pts: np.ndarray, valid: np.ndarray, torso: np.ndarray) -> np.nda
 def _left_right(g: BodyGeometry) -> tuple[np.ndarray, np.ndarray]:
     """How strongly one torso pair contradicts the others' left-right orientation, and the smallest
     swapped/current cost ratio of the limb crossings (low = the swapped labelling fits much better)."""
-    n = len(g.ds)
-    mh, oh = g.point("mid_hip")
-    ms, os_ = g.point("mid_shoulder")
+    n = len(g.persons)
     contra = np.full(n, np.nan)
-    if oh is not None and os_ is not None:
-        axis = ms - mh
-        up = axis / np.linalg.norm(axis, axis=1, keepdims=True)
-        cols = []
-        for part in _TORSO_PAIRS:
-            (lp, ol), (rp, or_) = g.point(f"left_{part}"), g.point(f"right_{part}")
-            if ol is None or or_ is None:
-                continue
-            d = lp - rp
-            cols.append(np.where(ol & or_ & oh & os_, (up[:, 0] * d[:, 1] - up[:, 1] * d[:, 0]) / g.torso, np.nan))
-        if len(cols) >= 3:
-            mat = np.stack(cols, 1)
-            total = np.nansum(mat, axis=1, keepdims=True)
-            others = total - np.nan_to_num(mat)
-            # a pair's signed width against the sign of the sum of the other pairs
-            contra = np.nanmax(np.where(np.isfinite(mat), -mat * np.sign(others), np.nan), axis=1)
-            contra = np.where(np.isfinite(mat).sum(1) >= 3, contra, np.nan)
+    signed = g.signed_widths()
+    if len(signed) >= 3:
+        mat = np.stack(list(signed.values()), 1)
+        total = np.nansum(mat, axis=1, keepdims=True)
+        others = total - np.nan_to_num(mat)
+        # a pair's signed width against the sign of the sum of the other pairs
+        contra = np.nanmax(np.where(np.isfinite(mat), -mat * np.sign(others), np.nan), axis=1)
+        contra = np.where(np.isfinite(mat).sum(1) >= 3, contra, np.nan)
     ratio = np.full(n, np.nan)
     for parent, child in _CROSSINGS:
-        (pl, a), (pr, b) = g.point(f"left_{parent}"), g.point(f"right_{parent}")
-        (cl, c), (cr, d) = g.point(f"left_{child}"), g.point(f"right_{child}")
-        if any(o is None for o in (a, b, c, d)):
+        costs = g.crossing_costs(parent, child)
+        if costs is None:
             continue
-        cur = np.linalg.norm(pl - cl, axis=1) + np.linalg.norm(pr - cr, axis=1)
-        swp = np.linalg.norm(pl - cr, axis=1) + np.linalg.norm(pr - cl, axis=1)
+        cur, swp, ok = costs
         spread = (cur - swp) > 0.2 * g.torso  # only judged where swapping changes something
-        r = np.where(a & b & c & d & spread, swp / cur, np.nan)
-        ratio = np.fmin(ratio, r)
+        ratio = np.fmin(ratio, np.where(ok & spread, swp / cur, np.nan))
     return contra, ratio
 
 
@@ -215,14 +183,14 @@ def excess(f: Features, t: Thresholds) -> dict[str, np.ndarray]:
     return out
 
 
-def plausibility(ds: CocoKeypoints, thresholds: Thresholds | None = None) -> np.ndarray:
+def plausibility(persons: Persons, thresholds: Thresholds | None = None) -> np.ndarray:
     """[N] score in (0, 1]: 1 when every rule holds, falling with the total excess over the bounds."""
     t = thresholds or Thresholds.load()
-    ex = excess(features(ds), t)
+    ex = excess(features(persons), t)
     return np.exp(-np.sum(list(ex.values()), axis=0))
 
 
-def check(ds: CocoKeypoints, thresholds: Thresholds | None = None) -> Report:
+def check(ds: Persons, thresholds: Thresholds | None = None) -> Report:
     """One finding per violated rule and annotation, each carrying the annotation's plausibility."""
     t = thresholds or Thresholds.load()
     f = features(ds)
@@ -248,7 +216,7 @@ def check(ds: CocoKeypoints, thresholds: Thresholds | None = None) -> Report:
     return report
 
 
-def _segment_findings(ds: CocoKeypoints, f: Features, t: Thresholds, bad: np.ndarray,
+def _segment_findings(ds: Persons, f: Features, t: Thresholds, bad: np.ndarray,
                       plaus: np.ndarray) -> list[Finding]:
     names = [s for s in f.segments if s in t.segments]
     mat = np.stack([f.segments[s] / t.segments[s] for s in names], 1)

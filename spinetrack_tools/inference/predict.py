@@ -10,55 +10,19 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import cv2
 import numpy as np
 
-from ..coco import CocoKeypoints
-from ..io import MISSING_ID, InputError, save_json
+from ..io import MISSING_ID, InputError
+from ..persons import Persons, concat, images_table
 from ..progress import progress
+from ..skeleton import Skeleton, skeleton_for_count
 from . import transforms as T
 from .model import Detector, PoseModel
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-@dataclass
-class Predictions:
-    """Per-person predictions: keypoints [N, K, 2] in image pixels, raw confidences [N, K], instance scores."""
-
-    image_ids: np.ndarray  # [N]
-    category_ids: np.ndarray  # [N]
-    source_ids: np.ndarray  # [N] the annotation whose box was used, MISSING_ID for detector boxes
-    boxes: np.ndarray  # [N, 4] xywh
-    keypoints: np.ndarray  # [N, K, 2]
-    confidences: np.ndarray  # [N, K] raw model confidences (SimCC maxima or heatmap peaks)
-    scores: np.ndarray  # [N] box score x mean of the confidences above 0.2 (the authors' instance score)
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def keypoint_triplets(self) -> np.ndarray:
-        """[N, K, 3]: x, y, confidence."""
-        return np.concatenate([self.keypoints, self.confidences[..., None]], axis=2)
-
-    def to_results(self) -> list[dict[str, Any]]:
-        """COCO keypoint results: image_id, category_id, keypoints (x, y, confidence), score, plus the
-        source annotation id and the person box used."""
-        trip = self.keypoint_triplets().reshape(len(self), -1).tolist()
-        out = []
-        for i in range(len(self)):
-            r: dict[str, Any] = {"image_id": int(self.image_ids[i]), "category_id": int(self.category_ids[i]),
-                                 "keypoints": trip[i], "score": float(self.scores[i]),
-                                 "person_box": self.boxes[i].tolist()}
-            if self.source_ids[i] != MISSING_ID:
-                r["annotation_id"] = int(self.source_ids[i])
-            out.append(r)
-        return out
-
-    def save(self, path: str | Path) -> None:
-        save_json(path, self.to_results())
 
 
 def instance_scores(confidences: np.ndarray, box_scores: np.ndarray, thr: float = 0.2) -> np.ndarray:
@@ -71,39 +35,40 @@ def instance_scores(confidences: np.ndarray, box_scores: np.ndarray, thr: float 
 
 @dataclass
 class _Job:
+    """One image to predict: its id and file, and the boxes to use (none: the detector finds them)."""
+
     image_id: int
+    file_name: str
     category_ids: np.ndarray
     source_ids: np.ndarray
     boxes: np.ndarray
     box_scores: np.ndarray
 
 
-def jobs_from_coco(ds: CocoKeypoints, images_dir: Path) -> list[tuple[Path, _Job]]:
-    """One job per image of a COCO file that has non-crowd boxes (with their annotation ids)."""
-    ok = np.isfinite(ds.boxes).all(axis=1) & (ds.boxes[:, 2] > 0) & (ds.boxes[:, 3] > 0) & (ds.iscrowd != 1)
-    names = dict(zip(ds.images["id"].tolist(), ds.images["file_name"].tolist()))
+def jobs_from_coco(persons: Persons, images_dir: Path) -> list[tuple[Path, _Job]]:
+    """One job per image that has non-crowd boxes (with their annotation ids)."""
+    p = persons
+    ok = np.isfinite(p.boxes).all(axis=1) & (p.boxes[:, 2] > 0) & (p.boxes[:, 3] > 0) & ~p.crowd
+    names = dict(zip(p.images["id"].tolist(), p.images["file_name"].tolist()))
     out = []
-    order = np.argsort(ds.image_ids, kind="stable")
-    order = order[ok[order]]
-    if len(order) == 0:
-        return out
-    splits = np.flatnonzero(np.diff(ds.image_ids[order])) + 1
-    for rows in np.split(order, splits):
-        iid = int(ds.image_ids[rows[0]])
+    for iid, rows in p.rows_by_image().items():
+        rows = rows[ok[rows]]
+        if not len(rows):
+            continue
         if iid not in names:
-            raise InputError(ds.source, f"annotation {int(ds.ann_ids[rows[0]])} refers to image {iid}, "
-                                        "which is not in 'images'")
-        out.append((images_dir / str(names[iid]), _Job(iid, ds.category_ids[rows], ds.ann_ids[rows],
-                                                        ds.boxes[rows], np.ones(len(rows)))))
+            raise InputError(p.source, f"annotation {int(p.ann_ids[rows[0]])} refers to image {iid}, "
+                                       "which is not in 'images'")
+        out.append((images_dir / str(names[iid]), _Job(iid, str(names[iid]), p.category_ids[rows], p.ann_ids[rows],
+                                                       p.boxes[rows], np.ones(len(rows)))))
     return out
 
 
-def jobs_from_folder(images_dir: Path) -> list[tuple[Path, _Job | None]]:
+def jobs_from_folder(images_dir: Path) -> list[tuple[Path, _Job]]:
     """Every image in a folder; ids from numeric file names, else the position in sorted order."""
     files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(images_dir, "no images (.jpg, .png, ...) in this folder")
-    return [(p, _Job(int(p.stem) if p.stem.isdigit() else i + 1, np.zeros(0, int), np.zeros(0, int),
+    return [(p, _Job(int(p.stem) if p.stem.isdigit() else i + 1, p.name, np.zeros(0, int), np.zeros(0, int),
                      np.zeros((0, 4)), np.zeros(0))) for i, p in enumerate(files)]
 
 
@@ -115,12 +80,13 @@ def _read(path: Path) -> np.ndarray:
 
 
 def _prepare(path: Path, job: _Job, model: PoseModel, detector: Detector | None, rgb: bool,
-             flip: bool) -> tuple[_Job, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Read, detect, crop and normalise one image: (job, network input, centres, scales, image widths)."""
+             flip: bool) -> tuple[_Job, tuple[int, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read, detect, crop and normalise one image: (job, image size, network input, centres, scales, widths)."""
     img = _read(path)
     if detector is not None:
         boxes, scores = detector(img)
-        job = _Job(job.image_id, np.ones(len(boxes), int), np.full(len(boxes), MISSING_ID), boxes, scores)
+        job = _Job(job.image_id, job.file_name, np.ones(len(boxes), int), np.full(len(boxes), MISSING_ID), boxes,
+                   scores)
     boxes = job.boxes
     if flip:  # mirror the image and the boxes; the keypoints are mirrored back after decoding
         img = np.ascontiguousarray(img[:, ::-1])
@@ -129,12 +95,13 @@ def _prepare(path: Path, job: _Job, model: PoseModel, detector: Detector | None,
     center, scale = T.box_center_scale(boxes, model.input_wh)
     crops = np.stack([T.crop(img, c, s, model.input_wh) for c, s in zip(center, scale)]) if len(center) \
         else np.zeros((0, model.input_wh[1], model.input_wh[0], 3), np.uint8)
-    return job, T.normalize(crops, rgb, model.layout), center, scale, np.full(len(center), img.shape[1])
+    size = (img.shape[1], img.shape[0])
+    return job, size, T.normalize(crops, rgb, model.layout), center, scale, np.full(len(center), img.shape[1])
 
 
 def _batches(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector | None, rgb: bool, flip: bool,
-             batch_size: int, threads: int) -> Iterator[tuple[list[_Job], list[int], np.ndarray, np.ndarray,
-                                                                 np.ndarray, np.ndarray]]:
+             batch_size: int, threads: int) -> Iterator[tuple[list[_Job], list[tuple[int, int]], list[int],
+                                                                 np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Batches of at least ``batch_size`` crops (whole images), in job order.
 
     The images of each batch are prepared by ``threads`` worker threads while the network is idle, then the
@@ -155,43 +122,55 @@ def _batches(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector
                         break
                 if not group:
                     return
-                jobs_, *arrays = zip(*pool.map(lambda pj: _prepare(*pj, model, detector, rgb, flip), group))
-                yield (list(jobs_), [len(x) for x in arrays[0]], *(np.concatenate(a) for a in arrays))
+                jobs_, sizes, *arrays = zip(*pool.map(lambda pj: _prepare(*pj, model, detector, rgb, flip), group))
+                yield (list(jobs_), list(sizes), [len(x) for x in arrays[0]], *(np.concatenate(a) for a in arrays))
     finally:
         cv2.setNumThreads(cv2_threads)
 
 
-def predict(model: PoseModel, jobs: list[tuple[Path, _Job]], detector: Detector | None = None,
-            batch_size: int = 16, rgb: bool = False, score_mode: str = "mean",
-            flip_index: np.ndarray | None = None) -> Predictions:
-    """Run ``model`` on every job's boxes (or the detector's) and return the predictions in job order.
+def predict(model: PoseModel, jobs: list[tuple[Path, _Job]], skeleton: Skeleton | None = None,
+            detector: Detector | None = None, batch_size: int = 16, rgb: bool = False, score_mode: str = "mean",
+            flip: bool = False) -> Persons:
+    """Run ``model`` on every job's boxes (or the detector's) and return the predictions in job order: keypoints
+    with the raw confidences, the box used, the source annotation id, the authors' instance score, and the
+    images (with their sizes as read).
 
-    With ``flip_index`` the images are mirrored before cropping and the keypoints mirrored back with
+    ``skeleton`` names the model's keypoints (default: the SpineTrack layout when the model has 37, else a
+    custom one). With ``flip`` the images are mirrored before cropping and the keypoints mirrored back with
     left and right swapped (flip test).
     """
-    parts: list[tuple] = []
-    flip = flip_index is not None
+    sk = skeleton or skeleton_for_count(model.num_keypoints)
+    if sk.num_keypoints != model.num_keypoints:
+        raise InputError(model.path, f"the model predicts {model.num_keypoints} keypoints, the layout "
+                                     f"{sk.name} has {sk.num_keypoints}")
+    parts: list[Persons] = []
+    images: list[dict] = []
     threads = model.session.get_session_options().intra_op_num_threads or os.cpu_count() or 1
-    for batch_jobs, counts, x, center, scale, width in _batches(jobs, model, detector, rgb, flip, batch_size,
-                                                                threads):
+    k = model.num_keypoints
+    for batch_jobs, sizes, counts, x, center, scale, width in _batches(jobs, model, detector, rgb, flip,
+                                                                       batch_size, threads):
         if len(x):
             kp, conf = model.decode(model.run(x), center, scale, score_mode)
             if flip:
                 kp[..., 0] = width[:, None] - 1 - kp[..., 0]
-                kp, conf = kp[:, flip_index], conf[:, flip_index]
+                kp, conf = kp[:, sk.flip_index], conf[:, sk.flip_index]
         else:
-            kp, conf = np.zeros((0, model.num_keypoints, 2)), np.zeros((0, model.num_keypoints))
+            kp, conf = np.zeros((0, k, 2)), np.zeros((0, k))
         start = 0
-        for job, c in zip(batch_jobs, counts):
+        for job, (w, h), c in zip(batch_jobs, sizes, counts):
             sl = slice(start, start + c)
-            parts.append((np.full(c, job.image_id), job.category_ids, job.source_ids, job.boxes, kp[sl], conf[sl],
-                          job.box_scores))
+            images.append({"id": job.image_id, "file_name": job.file_name, "width": w, "height": h})
+            parts.append(Persons.build(sk, np.concatenate([kp[sl], conf[sl, :, None]], axis=2),
+                                       np.full(c, job.image_id), ann_ids=job.source_ids, category_ids=job.category_ids,
+                                       boxes=job.boxes, scores=instance_scores(conf[sl], job.box_scores),
+                                       predicted=True, source=str(model.path)))
             start += c
-    k = model.num_keypoints
+    return concat(parts, sk, predicted=True, images=images_table(images))
 
-    def cat(i: int, shape: tuple[int, ...]) -> np.ndarray:
-        return np.concatenate([p[i] for p in parts]) if parts else np.zeros(shape)
 
-    conf = cat(5, (0, k))
-    return Predictions(cat(0, (0,)).astype(np.int64), cat(1, (0,)).astype(np.int64), cat(2, (0,)).astype(np.int64),
-                       cat(3, (0, 4)), cat(4, (0, k, 2)), conf, instance_scores(conf, cat(6, (0,))))
+def evaluate_model(model_path: Path, val: Persons, images_dir: Path, threads: int = 2) -> dict[str, dict[str, float]]:
+    """OKS AP per group of an ONNX pose model on validation labels, predicting on their boxes."""
+    from ..evaluate import evaluate
+
+    model = PoseModel.load(model_path, threads)
+    return evaluate(val, predict(model, jobs_from_coco(val, images_dir), val.skeleton, batch_size=32))

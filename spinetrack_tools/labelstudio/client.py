@@ -19,6 +19,7 @@ import orjson
 from ..findings import Finding
 from ..gcpause import gc_paused
 from ..io import InputError
+from ..persons import Persons
 from ..progress import progress
 from ..skeleton import SPINETRACK37, Skeleton
 from .config import labeling_config
@@ -194,9 +195,14 @@ class Connection:
         data = self._raw("POST", f"api/projects/{project}/import", {"return_task_ids": "true"}, list(tasks))
         return [int(i) for i in data.get("task_ids", [])]
 
-    def add_prediction(self, task: int, result: list, model_version: str, score: float) -> None:
-        _retry(lambda: self.ls.predictions.create(task=task, result=result, model_version=model_version,
-                                                  score=score), "adding a prediction", self.url)
+    def create_annotation(self, task: int, result: list[dict[str, Any]]) -> None:
+        """Submit an annotation of a task as the connection's user."""
+        _retry(lambda: self.ls.annotations.create(id=task, result=result), "creating an annotation", self.url)
+
+    def update_task_data(self, task: int, **fields: Any) -> None:
+        """Set fields of a task's data (shown in the data manager), keeping the others."""
+        data = self._raw("GET", f"api/tasks/{task}")["data"]
+        self._raw("PATCH", f"api/tasks/{task}", body={"data": {**data, **fields}})
 
 
 def connect(url: str | None = None, api_key: str | None = None, server_dir: Path | None = None,
@@ -283,7 +289,7 @@ def _minus(stamp: str | None, seconds: float) -> str | None:
 
 @dataclass
 class PullResult:
-    coco: dict[str, Any]
+    persons: Persons  # the corrected labels, on the annotated tasks' images
     findings: list[Finding]
     edits: list[dict[str, Any]]
     watermark: str | None
@@ -310,6 +316,6 @@ def pull(conn: Connection, project_title: str, since: str | None = None, skeleto
                 yield t
 
     with gc_paused():  # about a million small objects: see gcpause
-        coco, findings = from_labelstudio(annotated(), skeleton, first_new_id=first_new_id)
+        persons, findings = from_labelstudio(annotated(), skeleton, first_new_id=first_new_id)
     watermark = max([s for s in stamps if s] + ([since] if since else []), default=None)
-    return PullResult(coco, findings, ed, watermark, len(stamps))
+    return PullResult(persons, findings, ed, watermark, len(stamps))

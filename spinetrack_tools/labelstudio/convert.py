@@ -11,32 +11,18 @@ joints, come back as findings, never dropped silently.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from ..findings import Finding
 from ..gcpause import gc_paused
+from ..io import MISSING_ID
+from ..persons import Persons, concat, images_table
 from ..skeleton import SPINETRACK37, Skeleton
 from .config import IMAGE, KEYPOINTS, OCCLUDED, PERSON, VISIBILITY
 
 KEYPOINT_SIZE = 0.4  # the keypoint region's drawn width in percent (display only)
-
-
-@dataclass
-class Person:
-    """One person of one image: box xywh in pixels, keypoints [K, 3] (x, y, v), optional scores."""
-
-    annotation_id: int | None
-    box: np.ndarray
-    keypoints: np.ndarray
-    keypoint_scores: np.ndarray | None = None  # [K] model confidences (predictions only)
-    score: float | None = None  # person score (predictions only)
-    area: float | None = None
-    iscrowd: int = 0
-    category_id: int = 1
-    origins: dict[int, str] = field(default_factory=dict)  # joint -> LS origin (prediction, prediction-changed, manual)
 
 
 def _unit(score: float) -> float:
@@ -49,54 +35,67 @@ def sample_id(image: dict[str, Any]) -> str:
     return str(image["file_name"])
 
 
-def to_result(persons: Sequence[Person], width: float, height: float, skeleton: Skeleton = SPINETRACK37,
-              ) -> list[dict[str, Any]]:
-    """Label Studio result regions (annotation or prediction) for one image's persons."""
+def to_result(persons: Persons, rows: Sequence[int], width: float, height: float) -> list[dict[str, Any]]:
+    """Label Studio result regions (annotation or prediction) for some persons of one image.
+
+    Labels show their labelled points (v=1 with the ``occluded`` choice); predictions show the points with a
+    positive confidence inside the image, each with its confidence as the region score.
+    """
+    shown = persons.as_labels(inside_image=True)
+    names = persons.skeleton.names
     out: list[dict[str, Any]] = []
     common = {"to_name": IMAGE, "original_width": width, "original_height": height, "image_rotation": 0}
-    for n, p in enumerate(persons):
-        rid = f"a{p.annotation_id}" if p.annotation_id is not None else f"n{n}"
-        x, y, w, h = (float(v) for v in p.box)
+    for n, r in enumerate(rows):
+        aid = persons.ann_ids[r]
+        rid = f"a{aid}" if aid != MISSING_ID else f"n{n}"
+        box = persons.boxes[r]
+        if not np.isfinite(box).all():  # no box: the extent of the shown points
+            xy = shown.keypoints[r, shown.keypoints[r, :, 2] > 0, :2]
+            box = np.r_[xy.min(0), xy.max(0) - xy.min(0)] if len(xy) else np.array([0.0, 0.0, 1.0, 1.0])
+        x, y, w, h = (float(v) for v in box)
         rect = {"id": rid, "from_name": PERSON, "type": "rectanglelabels", **common,
                 "value": {"x": x / width * 100, "y": y / height * 100, "width": w / width * 100,
                           "height": h / height * 100, "rotation": 0, "rectanglelabels": ["person"]}}
-        if p.score is not None:
-            rect["score"] = _unit(p.score)
+        if persons.predicted and np.isfinite(persons.scores[r]):
+            rect["score"] = _unit(persons.scores[r])
         out.append(rect)
-        for k in np.flatnonzero(p.keypoints[:, 2] > 0):
+        kp = shown.keypoints[r]
+        for k in np.flatnonzero(kp[:, 2] > 0):
             kid = f"{rid}_k{k}"
             region = {"id": kid, "parentID": rid, "from_name": KEYPOINTS, "type": "keypointlabels", **common,
-                      "value": {"x": float(p.keypoints[k, 0]) / width * 100,
-                                "y": float(p.keypoints[k, 1]) / height * 100,
-                                "width": KEYPOINT_SIZE, "keypointlabels": [skeleton.names[k]]}}
-            if p.keypoint_scores is not None and np.isfinite(p.keypoint_scores[k]):
-                region["score"] = _unit(p.keypoint_scores[k])
+                      "value": {"x": float(kp[k, 0]) / width * 100, "y": float(kp[k, 1]) / height * 100,
+                                "width": KEYPOINT_SIZE, "keypointlabels": [names[k]]}}
+            if persons.predicted:
+                region["score"] = _unit(persons.keypoints[r, k, 2])
             out.append(region)
-            if p.keypoints[k, 2] == 1:
+            if kp[k, 2] == 1:
                 out.append({"id": kid, "from_name": VISIBILITY, "to_name": IMAGE, "type": "choices",
                             "value": {"choices": [OCCLUDED]}})
     return out
 
 
 def from_result(result: Sequence[dict[str, Any]], width: float, height: float, skeleton: Skeleton = SPINETRACK37,
-                where: tuple[int | None, int | None] = (None, None)) -> tuple[list[Person], list[Finding]]:
-    """Persons from one annotation's (or prediction's) result regions, plus findings for what does not fit."""
+                where: tuple[int | None, int | None] = (None, None)) -> tuple[Persons, list[Finding]]:
+    """The persons (labels) of one annotation's (or prediction's) result regions, plus findings for what does
+    not fit. A person keeps the annotation id of its rectangle (``a<id>``); others get ``MISSING_ID``."""
     task_id, image_id = where
     k = skeleton.num_keypoints
     index = {n: i for i, n in enumerate(skeleton.names)}
     occluded = {r.get("id") for r in result if r.get("from_name") == VISIBILITY
                 and OCCLUDED in (r.get("value") or {}).get("choices", [])}
-    persons: dict[str, Person] = {}
-    findings: list[Finding] = []
+    rect_ids: dict[str, int] = {}
+    boxes, ann_ids = [], []
     for r in result:
         if r.get("type") == "rectanglelabels":
             v = r["value"]
             W, H = r.get("original_width", width), r.get("original_height", height)
             rid = str(r.get("id"))
-            persons[rid] = Person(
-                int(rid[1:]) if rid[:1] == "a" and rid[1:].isdigit() else None,
-                np.array([v["x"] / 100 * W, v["y"] / 100 * H, v["width"] / 100 * W, v["height"] / 100 * H]),
-                np.zeros((k, 3)), np.full(k, np.nan), r.get("score"))
+            rect_ids[rid] = len(boxes)
+            ann_ids.append(int(rid[1:]) if rid[:1] == "a" and rid[1:].isdigit() else MISSING_ID)
+            boxes.append([v["x"] / 100 * W, v["y"] / 100 * H, v["width"] / 100 * W, v["height"] / 100 * H])
+    box_arr = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    kp = np.zeros((len(boxes), k, 3))
+    findings: list[Finding] = []
     for r in result:
         if r.get("type") != "keypointlabels":
             continue
@@ -109,69 +108,67 @@ def from_result(result: Sequence[dict[str, Any]], width: float, height: float, s
                                     f"task {task_id}: keypoint label {name!r} is not in the skeleton"))
             continue
         parent = r.get("parentID")
-        if parent not in persons:
-            holders = [pid for pid, p in persons.items()
-                       if p.box[0] <= x <= p.box[0] + p.box[2] and p.box[1] <= y <= p.box[1] + p.box[3]]
+        if parent in rect_ids:
+            p = rect_ids[parent]
+        else:
+            b = box_arr
+            holders = np.flatnonzero((b[:, 0] <= x) & (x <= b[:, 0] + b[:, 2]) & (b[:, 1] <= y) & (y <= b[:, 1] + b[:, 3]))
             if len(holders) != 1:
                 findings.append(Finding(
                     "ls_ungrouped_keypoint", "error", None, image_id,
                     f"task {task_id}: {name} at ({x:.1f}, {y:.1f}) has no person "
-                    f"({'inside no box' if not holders else 'inside several boxes'}); group it under a person",
+                    f"({'inside no box' if not len(holders) else 'inside several boxes'}); group it under a person",
                     keypoints=[name], values={"x": x, "y": y, "task_id": task_id, "region_id": r.get("id")}))
                 continue
-            parent = holders[0]
-        p = persons[parent]
+            p = int(holders[0])
         j = index[name]
-        if p.keypoints[j, 2] > 0:
-            findings.append(Finding("ls_duplicate_keypoint", "error", p.annotation_id, image_id,
+        if kp[p, j, 2] > 0:
+            aid = ann_ids[p]
+            findings.append(Finding("ls_duplicate_keypoint", "error", None if aid == MISSING_ID else aid, image_id,
                                     f"task {task_id}: {name} placed twice for one person; the first is kept",
                                     keypoints=[name], values={"x": x, "y": y, "task_id": task_id}))
             continue
-        p.keypoints[j] = (x, y, 1 if r.get("id") in occluded else 2)
-        if "score" in r and p.keypoint_scores is not None:
-            p.keypoint_scores[j] = r["score"]
-        if "origin" in r:
-            p.origins[j] = r["origin"]
-    return list(persons.values()), findings
+        kp[p, j] = (x, y, 1 if r.get("id") in occluded else 2)
+    persons = Persons.build(skeleton, kp, np.full(len(boxes), -1 if image_id is None else image_id),
+                            ann_ids=ann_ids, boxes=box_arr)
+    return persons, findings
 
 
 @gc_paused()  # a million small dicts for 5,000 tasks: 2.5 -> 1.2 s (see gcpause)
-def to_labelstudio(coco: dict[str, Any], persons_by_image: dict[int, list[Person]] | None = None,
-                   image_url: Callable[[dict[str, Any]], str] = lambda im: str(im["file_name"]),
-                   model_version: str = "spinetrack", skeleton: Skeleton = SPINETRACK37) -> list[dict[str, Any]]:
-    """One task per image of ``coco``, its persons as a prediction.
+def to_labelstudio(persons: Persons, image_url: Callable[[dict[str, Any]], str] = lambda im: str(im["file_name"]),
+                   model_version: str = "spinetrack") -> list[dict[str, Any]]:
+    """One task per image of ``persons.images``, its persons as a prediction.
 
-    The prediction shows ``persons_by_image`` (model output) when given, else the file's own annotations
-    (reviewing an existing dataset); its score is the lowest person confidence, so Label Studio's
-    uncertainty sampling serves the least confident images first.
+    The persons are model output (predictions) or an existing dataset's labels (to review it); the
+    prediction's score is the lowest person confidence, so Label Studio's uncertainty sampling serves the
+    least confident images first. Each task carries the image's fields and, per annotation id, the
+    person's area, iscrowd and category, which the way back restores.
     """
-    if persons_by_image is None:
-        persons_by_image = persons_from_coco(coco)
+    rows = persons.rows_by_image()
     tasks = []
-    for im in coco["images"]:
-        persons = persons_by_image.get(int(im["id"]), [])
-        W, H = float(im["width"]), float(im["height"])
-        scores = [p.score for p in persons if p.score is not None]
-        meta = {str(p.annotation_id): {"area": p.area, "iscrowd": p.iscrowd, "category_id": p.category_id}
-                for p in persons if p.annotation_id is not None}
+    for im in persons.images.itertuples(index=False):
+        iid = int(im.id)
+        mine = rows.get(iid, np.zeros(0, np.int64))
+        W, H = float(im.width), float(im.height)
+        image = {"id": iid, "file_name": im.file_name, "width": int(W) if W.is_integer() else W,
+                 "height": int(H) if H.is_integer() else H}
+        scores = persons.scores[mine] if persons.predicted else np.zeros(0)
+        scores = scores[np.isfinite(scores)]
+        meta = {str(int(persons.ann_ids[r])): {"area": _opt(persons.areas[r]), "iscrowd": int(persons.crowd[r]),
+                                               "category_id": int(persons.category_ids[r])}
+                for r in mine if persons.ann_ids[r] != MISSING_ID}
         tasks.append({
-            "data": {IMAGE: image_url(im), "sample_id": sample_id(im), "image_id": int(im["id"]),
-                     "file_name": im["file_name"], "width": im["width"], "height": im["height"], "persons": meta},
-            "predictions": [{"model_version": model_version, "score": _unit(min(scores)) if scores else 1.0,
-                             "result": to_result(persons, W, H, skeleton)}],
+            "data": {IMAGE: image_url(image), "sample_id": sample_id(image), "image_id": iid,
+                     "file_name": image["file_name"], "width": image["width"], "height": image["height"],
+                     "persons": meta},
+            "predictions": [{"model_version": model_version, "score": _unit(scores.min()) if len(scores) else 1.0,
+                             "result": to_result(persons, mine, W, H)}],
         })
     return tasks
 
 
-def persons_from_coco(coco: dict[str, Any]) -> dict[int, list[Person]]:
-    """The file's annotations grouped per image (file order)."""
-    out: dict[int, list[Person]] = {}
-    for a in coco["annotations"]:
-        kp = np.asarray(a["keypoints"], dtype=np.float64).reshape(-1, 3)
-        out.setdefault(int(a["image_id"]), []).append(Person(
-            int(a["id"]), np.asarray(a["bbox"], dtype=np.float64), kp, None, None, a.get("area"),
-            int(a.get("iscrowd", 0)), int(a.get("category_id", 1))))
-    return out
+def _opt(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
 
 
 def latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
@@ -183,50 +180,39 @@ def latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def from_labelstudio(tasks: Iterable[dict[str, Any]], skeleton: Skeleton = SPINETRACK37,
-                     categories: list[dict] | None = None, first_new_id: int = 1) -> tuple[dict[str, Any], list[Finding]]:
-    """COCO keypoints from annotated tasks (each task's latest non-cancelled annotation).
+                     first_new_id: int = 1) -> tuple[Persons, list[Finding]]:
+    """Labels from annotated tasks (each task's latest non-cancelled annotation), on the tasks' images.
 
     Persons keep their annotation id, area, iscrowd and category from the task data; persons drawn in
     Label Studio get new ids (above the largest known and ``first_new_id``) and the box area.
     """
-    coco: dict[str, Any] = {"images": [], "annotations": [],
-                            "categories": categories or [skeleton.to_category()]}
     findings: list[Finding] = []
-    pending: list[tuple[Person, int]] = []
+    parts: list[Persons] = []
+    images: list[dict] = []
     for task in tasks:
         ann = latest_annotation(task)
         if ann is None:
             continue
         d = task["data"]
         iid = int(d["image_id"])
-        coco["images"].append({"id": iid, "file_name": d["file_name"], "width": d["width"], "height": d["height"]})
+        images.append({"id": iid, "file_name": d["file_name"], "width": d["width"], "height": d["height"]})
         persons, f = from_result(ann.get("result") or [], float(d["width"]), float(d["height"]), skeleton,
                                  (task.get("id"), iid))
         findings.extend(f)
         meta = d.get("persons") or {}
-        for p in persons:
-            known = meta.get(str(p.annotation_id))
+        for r in range(len(persons)):
+            known = meta.get(str(int(persons.ann_ids[r])))
             if known:
-                p.area, p.iscrowd, p.category_id = known["area"], known["iscrowd"], known["category_id"]
+                persons.areas[r] = np.nan if known["area"] is None else known["area"]
+                persons.iscrowd[r], persons.category_ids[r] = known["iscrowd"], known["category_id"]
             else:
-                p.annotation_id = None
-            pending.append((p, iid))
-    next_id = max([p.annotation_id + 1 for p, _ in pending if p.annotation_id is not None] + [first_new_id])
-    for p, iid in pending:
-        if p.annotation_id is None:
-            p.annotation_id, next_id = next_id, next_id + 1
-        coco["annotations"].append(coco_annotation(p, iid))
-    return coco, findings
-
-
-def coco_annotation(p: Person, image_id: int) -> dict[str, Any]:
-    kp = p.keypoints.copy()
-    kp[kp[:, 2] == 0, :2] = 0.0
-    return {"id": int(p.annotation_id), "image_id": image_id, "category_id": p.category_id,
-            "bbox": [float(v) for v in p.box],
-            "area": float(p.area) if p.area is not None else float(p.box[2] * p.box[3]),
-            "iscrowd": p.iscrowd, "num_keypoints": int((kp[:, 2] > 0).sum()),
-            "keypoints": [float(v) if i % 3 < 2 else int(v) for i, v in enumerate(kp.ravel())]}
+                persons.ann_ids[r] = MISSING_ID
+        parts.append(persons)
+    out = concat(parts, skeleton, images=images_table(images))
+    new = out.ann_ids == MISSING_ID
+    start = max(int(out.ann_ids[~new].max(initial=0)) + 1, first_new_id)
+    out.ann_ids[new] = start + np.arange(int(new.sum()))
+    return out, findings
 
 
 def latest_prediction(task: dict[str, Any]) -> dict[str, Any] | None:
@@ -265,31 +251,6 @@ def edits(task: dict[str, Any], skeleton: Skeleton = SPINETRACK37) -> list[dict[
 
 def _key(region: dict[str, Any]) -> tuple[str, str]:
     return str(region.get("parentID") or region.get("id")), (region["value"].get("keypointlabels") or [""])[0]
-
-
-def persons_from_results(results: Sequence[dict[str, Any]], k: int,
-                         image_sizes: dict[int, tuple[float, float]] | None = None) -> dict[int, list[Person]]:
-    """Model predictions (COCO results as ``spinetrack predict`` writes them) grouped per image; a person
-    predicted on an annotation's box keeps that annotation's id, so corrections map back to it. Points the
-    model marks invalid (score <= 0) or places outside the image (``image_sizes``) are not shown."""
-    out: dict[int, list[Person]] = {}
-    for r in results:
-        kp = np.asarray(r["keypoints"], dtype=np.float64).reshape(k, 3)
-        xy, conf = kp[:, :2], kp[:, 2]
-        valid = conf > 0
-        if image_sizes and int(r["image_id"]) in image_sizes:
-            w, h = image_sizes[int(r["image_id"])]
-            valid &= (xy[:, 0] >= 0) & (xy[:, 0] <= w) & (xy[:, 1] >= 0) & (xy[:, 1] <= h)
-        box = r.get("person_box") or r.get("bbox")
-        if box is None and valid.any():
-            lo, hi = xy[valid].min(0), xy[valid].max(0)
-            box = [lo[0], lo[1], hi[0] - lo[0], hi[1] - lo[1]]
-        pts = np.concatenate([np.where(valid[:, None], xy, 0.0), np.where(valid, 2.0, 0.0)[:, None]], axis=1)
-        aid = r.get("annotation_id")
-        out.setdefault(int(r["image_id"]), []).append(Person(
-            int(aid) if aid is not None else None, np.asarray(box if box is not None else [0, 0, 1, 1], float), pts,
-            conf, float(r.get("score", 1.0)), None, 0, int(r.get("category_id", 1))))
-    return out
 
 
 def merge_pulls(previous: dict[str, Any] | None, new: dict[str, Any], watermark: str | None) -> dict[str, Any]:

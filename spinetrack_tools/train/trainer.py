@@ -16,12 +16,11 @@ import cv2
 import numpy as np
 import torch
 
-from ..coco import CocoKeypoints, load_coco
-from ..evaluate import detections_from_results, evaluate, ground_truth_from_coco
+from ..coco import read_persons
 from ..inference import transforms as T
-from ..inference.model import PoseModel
-from ..inference.predict import jobs_from_coco, predict
+from ..inference.predict import evaluate_model
 from ..io import InputError, atomic_write_bytes, atomic_write_text
+from ..persons import Persons
 from .model import ModelConfig, SimCCNet, export_onnx
 
 SIGMA = (4.9, 5.66)  # SimCC label widths in bins at 256 x 192, as the SpinePose configs
@@ -40,19 +39,24 @@ class TrainConfig:
 
 
 @dataclass
-class Sample:
-    path: Path
-    box: np.ndarray  # xywh
-    keypoints: np.ndarray  # [K, 3]
+class Samples:
+    """The training persons and the image file of each."""
+
+    persons: Persons
+    paths: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.persons)
 
 
-def load_samples(ds: CocoKeypoints, images_dir: Path) -> list[Sample]:
+def load_samples(persons: Persons, images_dir: Path) -> Samples:
     """Non-crowd persons with a valid box and at least one labelled keypoint."""
-    names = dict(zip(ds.images["id"].tolist(), ds.images["file_name"].tolist()))
-    ok = (np.isfinite(ds.boxes).all(1) & (ds.boxes[:, 2] > 1) & (ds.boxes[:, 3] > 1) & (ds.iscrowd != 1)
-          & (ds.keypoints[..., 2] > 0).any(1) & np.isin(ds.image_ids, list(names)))
-    return [Sample(images_dir / str(names[int(ds.image_ids[i])]), ds.boxes[i], ds.keypoints[i])
-            for i in np.flatnonzero(ok)]
+    names = dict(zip(persons.images["id"].tolist(), persons.images["file_name"].tolist()))
+    b = persons.boxes
+    ok = (np.isfinite(b).all(1) & (b[:, 2] > 1) & (b[:, 3] > 1) & ~persons.crowd & persons.labelled().any(1)
+          & np.isin(persons.image_ids, list(names)))
+    chosen = persons.select(ok)
+    return Samples(chosen, [images_dir / str(names[int(i)]) for i in chosen.image_ids])
 
 
 @lru_cache(maxsize=64)
@@ -63,18 +67,19 @@ def _image(path: Path) -> np.ndarray:
     return img
 
 
-def make_batch(samples: list[Sample], cfg: ModelConfig, flip_index: np.ndarray, rng: np.random.Generator,
-               augment: bool) -> tuple[np.ndarray, ...]:
-    """Network input [B, 3, H, W], SimCC targets [B, K, W*r] and [B, K, H*r], and weights [B, K]."""
+def make_batch(samples: Samples, rows: np.ndarray, cfg: ModelConfig, flip_index: np.ndarray,
+               rng: np.random.Generator, augment: bool) -> tuple[np.ndarray, ...]:
+    """Network input [B, 3, H, W], SimCC targets [B, K, W*r] and [B, K, H*r], and weights [B, K] of the samples
+    at ``rows``."""
     wh = (cfg.input_w, cfg.input_h)
     r = cfg.split_ratio
     crops, tx, ty, wts = [], [], [], []
     bins_x = np.arange(int(cfg.input_w * r))
     bins_y = np.arange(int(cfg.input_h * r))
-    for s in samples:
-        img = _image(s.path)
-        kp = s.keypoints.copy()
-        center, scale = T.box_center_scale(s.box, wh)
+    for i in rows:
+        img = _image(samples.paths[i])
+        kp = samples.persons.keypoints[i].copy()
+        center, scale = T.box_center_scale(samples.persons.boxes[i], wh)
         center, scale = center[0], scale[0]
         rot = 0.0
         if augment:
@@ -112,13 +117,13 @@ def simcc_loss(px: torch.Tensor, py: torch.Tensor, tx: torch.Tensor, ty: torch.T
     return per.sum() / w.sum().clamp(min=1)
 
 
-def _batches(samples: list[Sample], cfg: ModelConfig, tcfg: TrainConfig, flip_index: np.ndarray,
+def _batches(samples: Samples, cfg: ModelConfig, tcfg: TrainConfig, flip_index: np.ndarray,
              rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
     """Shuffled batches, prepared in a background thread (cv2 releases the GIL). Images are shuffled and
     their persons kept together, so each decoded image serves all of its persons."""
-    paths = sorted({s.path for s in samples})
+    paths = sorted(set(samples.paths))
     image_rank = dict(zip(paths, rng.permutation(len(paths))))
-    order = np.argsort([image_rank[s.path] for s in samples], kind="stable")
+    order = np.argsort([image_rank[p] for p in samples.paths], kind="stable")
     if tcfg.max_samples:
         order = order[:tcfg.max_samples]
     chunks = [order[i:i + tcfg.batch_size] for i in range(0, len(order), tcfg.batch_size)]
@@ -128,7 +133,7 @@ def _batches(samples: list[Sample], cfg: ModelConfig, tcfg: TrainConfig, flip_in
     def work() -> None:
         try:
             for c, sd in zip(chunks, seeds):
-                q.put(make_batch([samples[i] for i in c], cfg, flip_index, np.random.default_rng(sd), tcfg.augment))
+                q.put(make_batch(samples, c, cfg, flip_index, np.random.default_rng(sd), tcfg.augment))
         except BaseException as e:
             q.put(e)
         q.put(None)
@@ -167,14 +172,6 @@ def export(model: SimCCNet, path: Path) -> None:
     tmp.replace(path)
 
 
-def validate_model(onnx_path: Path, val: CocoKeypoints, val_images: Path, threads: int = 2) -> dict:
-    """OKS AP per group of an exported model on a validation file, with its ground-truth boxes."""
-    pm = PoseModel.load(onnx_path, threads)
-    preds = predict(pm, jobs_from_coco(val, val_images), batch_size=32)
-    return evaluate(ground_truth_from_coco(val), detections_from_results(preds.to_results(), val.skeleton.num_keypoints),
-                    val.skeleton)
-
-
 def train(train_json: Path, images_dir: Path, val_json: Path, val_images: Path, out_dir: Path,
           tcfg: TrainConfig = TrainConfig(), mcfg: ModelConfig | None = None, init: Path | None = None,
           log: Callable[[str], None] = print) -> dict:
@@ -182,7 +179,7 @@ def train(train_json: Path, images_dir: Path, val_json: Path, val_images: Path, 
     torch.set_num_threads(tcfg.threads)
     torch.manual_seed(tcfg.seed)
     rng = np.random.default_rng(tcfg.seed)
-    train_ds, val_ds = load_coco(train_json), load_coco(val_json)
+    train_ds, val_ds = read_persons(train_json), read_persons(val_json)
     samples = load_samples(train_ds, images_dir)
     if not samples:
         raise InputError(train_json, "no person with a box and labelled keypoints to train on")
@@ -212,7 +209,7 @@ def train(train_json: Path, images_dir: Path, val_json: Path, val_images: Path, 
             losses.append(float(loss.detach()))
         export(model, out_dir / "model.onnx")
         save_checkpoint(model, out_dir / "model.pt", {"epoch": epoch})
-        metrics = validate_model(out_dir / "model.onnx", val_ds, val_images, tcfg.threads)
+        metrics = evaluate_model(out_dir / "model.onnx", val_ds, val_images, tcfg.threads)
         entry = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
                  **{f"AP_{g}": m["AP"] for g, m in metrics.items()}}
         history.append(entry)

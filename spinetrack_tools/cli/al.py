@@ -1,0 +1,136 @@
+"""Active learning: ``init``, ``al-round``, ``status``, ``annotate-sim`` and the ``quickstart`` demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..active_learning import DEFAULT_STRATEGY, STRATEGY_NAMES
+from .common import workspace_option
+
+
+@click.command("init")
+@click.argument("workspace", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--pool", "pool_images", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of the images (the unlabelled pool and the labelled set).")
+@click.option("--boxes", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="COCO file listing the pool images and their person boxes.")
+@click.option("--labeled", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The labelled set so far (dataset version 0).")
+@click.option("--val", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Validation set.")
+@click.option("--val-images", type=click.Path(path_type=Path, file_okay=False), help="Its images (default --pool).")
+@click.option("--model", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The current ONNX model (for example models/spinetrack_synth.onnx).")
+@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
+              help="Its training checkpoint, to fine-tune from (models/spinetrack_synth.pt).")
+@click.option("--strategy", default=DEFAULT_STRATEGY, show_default=True, type=click.Choice(STRATEGY_NAMES))
+@click.option("--batch-size", default=50, show_default=True, type=click.IntRange(1), help="Images per round.")
+@click.option("--project", help="Label Studio project title (default spinetrack-al-<workspace name>).")
+@click.option("--labelstudio-url", default="", help="Label Studio URL (default: LABEL_STUDIO_URL, or the "
+                                                      "local server of the workspace).")
+@click.option("--retrain", help="Retrain command template with {train} {val} {images} {val_images} {init} "
+                                "{out} {python} (default: the reference trainer).")
+def init_cmd(workspace: Path, pool_images: Path, boxes: Path, labeled: Path, val: Path, val_images: Path | None,
+             model: Path, checkpoint: Path | None, strategy: str, batch_size: int, project: str | None,
+             labelstudio_url: str, retrain: str | None) -> None:
+    """Create an active-learning workspace: config.toml and the state database."""
+    from ..active_learning.workspace import DEFAULT_RETRAIN, init
+
+    ws = init(workspace, pool_images, boxes, labeled, val, model, checkpoint, val_images, strategy, batch_size,
+              project, retrain or DEFAULT_RETRAIN, labelstudio_url)
+    c = ws.counts()
+    click.echo(f"workspace {ws.path}: {c.get('pool', 0)} pool images, {c.get('labelled', 0)} labelled; "
+               f"edit {ws.path / 'config.toml'} to change the strategy, batch size or hooks")
+
+
+@click.command("al-round")
+@click.option("--iter", "n", required=True, type=click.IntRange(1), help="Round number (1, 2, ...).")
+@workspace_option
+@click.option("--wait", is_flag=True, help="Poll Label Studio until the batch is annotated.")
+@click.option("--until", type=click.Choice(["select", "predict", "push", "pull", "gate", "merge", "retrain",
+                                            "evaluate"]), help="Stop after this stage.")
+def al_round(n: int, ws_path: Path, wait: bool, until: str | None) -> None:
+    """Run active-learning round N: select, predict, push, pull, gate, merge, retrain, evaluate.
+
+    Every stage is checkpointed in the workspace: kill the command anywhere and run it again. Without
+    --wait the command reports annotation progress and exits 0 until the batch is done.
+    """
+    from ..active_learning.rounds import run_round
+    from ..active_learning.workspace import Workspace
+
+    ws = Workspace.open(ws_path)
+    finished = run_round(ws, n, wait=wait, until=until, echo=click.echo)
+    click.echo(f"round {n}: {'done' if finished else 'waiting for annotations'} (stage "
+               f"{ws.stage(n) or 'none'})")
+
+
+@click.command("status")
+@workspace_option
+@click.option("--json", "as_json", is_flag=True)
+def status_cmd(ws_path: Path, as_json: bool) -> None:
+    """Rounds, sample counts and AP per group of a workspace."""
+    from ..active_learning.workspace import Workspace
+
+    from ..io import dumps_json
+
+    ws = Workspace.open(ws_path)
+    rounds, metrics = ws.rounds(), ws.metrics()
+    out = {"workspace": str(ws.path), "samples": ws.counts(), "rounds": rounds, "metrics": metrics,
+           "learning_curve": str(ws.path / "learning_curve.png")}
+    if as_json:
+        click.echo(dumps_json(out, indent=True).decode())
+        return
+    click.echo(f"workspace {ws.path}: " + ", ".join(f"{k} {v}" for k, v in sorted(out["samples"].items())))
+    for r in rounds:
+        click.echo(f"  round {r['round']}: stage {r['stage']}, dataset version {r['dataset']}")
+    groups = sorted({m["grp"] for m in metrics})
+    if metrics:
+        click.echo(f"  {'round':>5s} {'labelled':>8s} " + " ".join(f"{g:>8s}" for g in groups))
+        for rnd in sorted({m["round"] for m in metrics}):
+            row = {m["grp"]: m for m in metrics if m["round"] == rnd}
+            click.echo(f"  {rnd:5d} {next(iter(row.values()))['labelled_images']:8d} " +
+                       " ".join(f"{row[g]['ap']:8.3f}" if g in row else " " * 8 for g in groups))
+        click.echo(f"  learning curve: {out['learning_curve']}")
+
+
+@click.command("annotate-sim")
+@workspace_option
+@click.option("--truth", "truth_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="COCO file with the true keypoints of the pool.")
+@click.option("--tolerance", default=0.05, show_default=True, type=click.FloatRange(0),
+              help="A predicted point within this fraction of the box size is accepted as it is.")
+def annotate_sim(ws_path: Path, truth_path: Path, tolerance: float) -> None:
+    """SIMULATED annotator (demos, benchmarks): annotate the open tasks from the true keypoints."""
+    from ..active_learning.rounds import connect
+    from ..active_learning.simulate import annotate
+    from ..active_learning.workspace import Workspace
+    from ..coco import read_persons
+
+    ws = Workspace.open(ws_path)
+    truth = read_persons(truth_path)
+    conn, _ = connect(ws)
+    n = annotate(conn, ws.config["labelstudio"]["project"], truth, tolerance=tolerance)
+    click.echo(f"simulated annotator: {n} tasks annotated")
+
+
+@click.command()
+@click.option("--dir", "work_dir", default=Path("spinetrack-quickstart"), show_default=True,
+              type=click.Path(path_type=Path, file_okay=False), help="Folder for everything the demo writes.")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1), help="Active-learning rounds.")
+@click.option("--images", "num_images", default=500, show_default=True, type=click.IntRange(20),
+              help="Synthetic pool images.")
+@click.option("--batch-size", default=60, show_default=True, type=click.IntRange(1), help="Images per round.")
+@click.option("--strategy", default=DEFAULT_STRATEGY, show_default=True, type=click.Choice(STRATEGY_NAMES))
+@click.option("--seed", default=0, show_default=True, type=int)
+def quickstart(work_dir: Path, rounds: int, num_images: int, batch_size: int, strategy: str, seed: int) -> None:
+    """Run the demo: an active-learning loop on synthetic data, end to end.
+
+    Synthesise a pool (rendered images with known keypoints), validate and flag it, start Label Studio,
+    create a workspace with the shipped model, run the rounds with the SIMULATED annotator correcting
+    pre-annotations through Label Studio, build the FiftyOne dataset, and print AP per round.
+    """
+    from ..quickstart import run
+
+    run(work_dir, images=num_images, rounds=rounds, batch_size=batch_size, seed=seed, strategy=strategy,
+        echo=click.echo)
