@@ -17,11 +17,10 @@ import numpy as np
 
 from ..coco import CocoKeypoints
 from ..io import MISSING_ID, InputError, save_json
+from ..pool import image_ids, list_images
 from ..progress import progress
 from . import transforms as T
-from .model import Detector, PoseModel
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+from .model import PersonDetector, PoseModel
 
 
 @dataclass
@@ -98,13 +97,20 @@ def jobs_from_coco(ds: CocoKeypoints, images_dir: Path) -> list[tuple[Path, _Job
     return out
 
 
-def jobs_from_folder(images_dir: Path) -> list[tuple[Path, _Job | None]]:
-    """Every image in a folder; ids from numeric file names, else the position in sorted order."""
-    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InputError(images_dir, "no images (.jpg, .png, ...) in this folder")
-    return [(p, _Job(int(p.stem) if p.stem.isdigit() else i + 1, np.zeros(0, int), np.zeros(0, int),
-                     np.zeros((0, 4)), np.zeros(0))) for i, p in enumerate(files)]
+def jobs_from_folder(images_dir: Path) -> list[tuple[Path, _Job]]:
+    """Every image in a folder, for a detector; ids as ``pool.image_ids`` gives them."""
+    files = list_images(images_dir)
+    return jobs_for_images(list(zip(image_ids(files), files)))
+
+
+def jobs_from_images(coco: dict[str, Any], images_dir: Path) -> list[tuple[Path, _Job]]:
+    """Every image of a COCO dict (e.g. ``pool.pool_coco``'s, no boxes needed), for a detector."""
+    return jobs_for_images([(int(im["id"]), images_dir / str(im["file_name"])) for im in coco["images"]])
+
+
+def jobs_for_images(images: list[tuple[int, Path]]) -> list[tuple[Path, _Job]]:
+    """One box-less job per (image id, file): the detector gives each image its persons."""
+    return [(p, _Job(iid, np.zeros(0, int), np.zeros(0, int), np.zeros((0, 4)), np.zeros(0))) for iid, p in images]
 
 
 def _read(path: Path) -> np.ndarray:
@@ -114,7 +120,7 @@ def _read(path: Path) -> np.ndarray:
     return img
 
 
-def _prepare(path: Path, job: _Job, model: PoseModel, detector: Detector | None, rgb: bool,
+def _prepare(path: Path, job: _Job, model: PoseModel, detector: PersonDetector | None, rgb: bool,
              flip: bool) -> tuple[_Job, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Read, detect, crop and normalise one image: (job, network input, centres, scales, image widths)."""
     img = _read(path)
@@ -132,7 +138,7 @@ def _prepare(path: Path, job: _Job, model: PoseModel, detector: Detector | None,
     return job, T.normalize(crops, rgb, model.layout), center, scale, np.full(len(center), img.shape[1])
 
 
-def _batches(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector | None, rgb: bool, flip: bool,
+def _batches(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: PersonDetector | None, rgb: bool, flip: bool,
              batch_size: int, threads: int) -> Iterator[tuple[list[_Job], list[int], np.ndarray, np.ndarray,
                                                                  np.ndarray, np.ndarray]]:
     """Batches of at least ``batch_size`` crops (whole images), in job order.
@@ -161,7 +167,7 @@ def _batches(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector
         cv2.setNumThreads(cv2_threads)
 
 
-def predict(model: PoseModel, jobs: list[tuple[Path, _Job]], detector: Detector | None = None,
+def predict(model: PoseModel, jobs: list[tuple[Path, _Job]], detector: PersonDetector | None = None,
             batch_size: int = 16, rgb: bool = False, score_mode: str = "mean",
             flip_index: np.ndarray | None = None) -> Predictions:
     """Run ``model`` on every job's boxes (or the detector's) and return the predictions in job order.
@@ -179,6 +185,7 @@ def predict(model: PoseModel, jobs: list[tuple[Path, _Job]], detector: Detector 
             if flip:
                 kp[..., 0] = width[:, None] - 1 - kp[..., 0]
                 kp, conf = kp[:, flip_index], conf[:, flip_index]
+            kp = model.postprocess(kp)
         else:
             kp, conf = np.zeros((0, model.num_keypoints, 2)), np.zeros((0, model.num_keypoints))
         start = 0
