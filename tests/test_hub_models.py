@@ -115,6 +115,8 @@ def test_names_repositories_and_files_are_those_of_the_package(spinepose_package
             assert tuple(cfg["pose_input_size"]) == spec.input_wh
             assert spec.smooth_spine == (version == "v1")
     assert H.spec_for("spinepose-small") == H.spec_for("spinepose-small@latest") == SMALL_V2
+    assert H.spec_for(H.DEFAULT_POSE).name == "spinepose-medium@v2" and H.spec_for(H.DEFAULT_DETECTOR).input_wh == \
+        tuple(mode["medium"]["det_rfdetr_input_size"])
     assert H.spec_for("spinepose-xlarge") == H.spec_for("spinepose-xlarge@v1")
 
 
@@ -171,6 +173,10 @@ def test_rfdetr_keeps_persons_over_the_threshold_in_the_top_k(tmp_path):
     crowded.num_select = 400
     assert len(crowded(img)[0]) == 2
     assert len(load_detector(tmp_path / "d.onnx", score_thr=0.6)(img)[0]) == 3
+    boxes, logits = rfdetr_tables()
+    logits[:, 1] = -6.0
+    boxes, scores = load_detector(rfdetr_model(tmp_path / "n.onnx", boxes, logits, size=384))(img)
+    assert boxes.shape == (0, 4) and scores.shape == (0,)  # nobody
 
 
 def test_the_detector_format_is_read_from_the_onnx_outputs(tmp_path):
@@ -349,3 +355,13 @@ def test_fetch_in_process(hub, tmp_path, monkeypatch):
     with pytest.raises(H.ChecksumMismatchError):
         H.fetch(SMALL_V2, endpoint=hub.url)
     assert H.cached_file(SMALL_V2) is None
+
+    path = H.fetch(SMALL_V2, endpoint=hub.url)  # offline, the cached file is checked against its blob's name
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    before = len(hub.requests)
+    assert H.fetch(SMALL_V2, endpoint=hub.url) == path and len(hub.requests) == before
+    path.write_bytes(b"changed on disk")
+    with pytest.raises(H.ChecksumMismatchError):
+        H.fetch(SMALL_V2, endpoint=hub.url)
+    with pytest.raises(H.NotCachedError, match="HF_HUB_OFFLINE"):
+        H.fetch(SMALL_V2, endpoint=hub.url)

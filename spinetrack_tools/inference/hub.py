@@ -39,6 +39,8 @@ _DETECTOR_FILES = {  # size -> (file, input side): the package's det_rfdetr per 
     "xlarge": ("rfdetr/rfdetr_l_v142_704x704.onnx", 704),
 }
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+DEFAULT_POSE = "spinepose-medium"  # the spinepose CLI's default mode (medium), version latest, detector rfdetr
+DEFAULT_DETECTOR = "rfdetr-medium"
 
 
 class UnknownModelError(InputError):
