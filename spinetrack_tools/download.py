@@ -38,6 +38,10 @@ class DownloadError(InputError):
     """The Hub, the network or an archive did not give what was expected (exit code 2 in the CLI)."""
 
 
+class HubUnreachableError(DownloadError):
+    """The Hub could not be reached at all (no network, DNS, refused connection, offline mode)."""
+
+
 @dataclass
 class RemoteFile:
     name: str
@@ -75,36 +79,49 @@ def _human(n: float) -> str:
 
 
 def remote_files(repo_id: str = REPO_ID, revision: str | None = None, endpoint: str | None = None,
-                 token: str | bool | None = None) -> tuple[str, dict[str, RemoteFile]]:
-    """The commit a revision resolves to and the repository's files with size and sha256."""
+                 token: str | bool | None = None, repo_type: str = "dataset") -> tuple[str, dict[str, RemoteFile]]:
+    """The commit a revision resolves to and the repository's files with size and sha256 (LFS metadata).
+
+    ``repo_type`` is ``"dataset"`` or ``"model"``. Raises ``HubUnreachableError`` when the Hub cannot be
+    reached, ``DownloadError`` for every other problem (unknown repository or revision, authentication).
+    """
     from huggingface_hub import HfApi, hf_hub_url
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
 
     api = HfApi(endpoint=endpoint, token=token)
-    where = f"{api.endpoint}/datasets/{repo_id}"
+    where = f"{api.endpoint}/datasets/{repo_id}" if repo_type == "dataset" else f"{api.endpoint}/{repo_id}"
     try:
-        info = api.dataset_info(repo_id, revision=revision, files_metadata=True, timeout=60)
+        info = api.repo_info(repo_id, revision=revision, repo_type=repo_type, files_metadata=True, timeout=60)
     except GatedRepoError:
-        raise DownloadError(where, "gated dataset: accept its terms on the Hub and log in (HF_TOKEN)") from None
+        raise DownloadError(where, f"gated {repo_type}: accept its terms on the Hub and log in (HF_TOKEN)") from None
     except RevisionNotFoundError:
         raise DownloadError(where, f"revision {revision!r} not found") from None
     except RepositoryNotFoundError:
-        raise DownloadError(where, "dataset not found, or not visible with this token") from None
+        raise DownloadError(where, f"{repo_type} not found, or not visible with this token") from None
     except HfHubHTTPError as e:
-        raise DownloadError(where, _http_problem(e)) from None
-    except _network_errors() as e:
-        raise DownloadError(where, f"cannot reach the Hub ({e})") from None
+        raise DownloadError(where, http_problem(e)) from None
+    except OfflineModeIsEnabled:
+        raise HubUnreachableError(where, "HF_HUB_OFFLINE is set") from None
+    except network_errors() as e:
+        raise HubUnreachableError(where, f"cannot reach the Hub ({first_line(e)})") from None
     commit = info.sha or revision or "main"
     files = {}
     for s in info.siblings or []:
         size = s.lfs.size if s.lfs else s.size
         files[s.rfilename] = RemoteFile(
             s.rfilename, int(size or 0), s.lfs.sha256 if s.lfs else None,
-            hf_hub_url(repo_id, s.rfilename, repo_type="dataset", revision=commit, endpoint=api.endpoint))
+            hf_hub_url(repo_id, s.rfilename, repo_type=repo_type, revision=commit, endpoint=api.endpoint))
     return commit, files
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
     """OSError plus the transport errors of the HTTP client huggingface_hub uses (httpx2, or httpx)."""
     errors: list[type[BaseException]] = [OSError]
     for module in ("httpx2", "httpx"):
@@ -115,7 +132,8 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _http_problem(e: Exception) -> str:
+def http_problem(e: Exception) -> str:
+    """One line for an HTTP error from the Hub (authentication problems named as such)."""
     resp = getattr(e, "response", None)
     code = getattr(resp, "status_code", None)
     if code in (401, 403):
@@ -154,15 +172,15 @@ def fetch_file(remote: RemoteFile, downloads: Path, token: str | bool | None = N
                 http_get(remote.url, f, resume_size=have, headers=_headers(token), expected_size=remote.size,
                          displayed_filename=remote.name)
         except HfHubHTTPError as e:
-            raise DownloadError(remote.url, _http_problem(e)) from None
-        except _network_errors() as e:  # network failure after retries, or a size mismatch: keep the part
+            raise DownloadError(remote.url, http_problem(e)) from None
+        except network_errors() as e:  # network failure after retries, or a size mismatch: keep the part
             raise DownloadError(remote.url, f"download interrupted ({str(e).splitlines()[0]}); run again to resume "
                                             f"from {part.stat().st_size if part.exists() else 0} bytes") from None
     size = part.stat().st_size
     if size != remote.size:
         raise DownloadError(part, f"size {size} differs from the Hub's {remote.size}; run again to resume")
     if remote.sha256:
-        digest = _sha256(part, remote.name)
+        digest = sha256_file(part, remote.name)
         if digest != remote.sha256:
             part.unlink()
             raise DownloadError(remote.name, f"checksum mismatch (sha256 {digest}, the Hub says {remote.sha256}); "
@@ -172,7 +190,7 @@ def fetch_file(remote: RemoteFile, downloads: Path, token: str | bool | None = N
     return final
 
 
-def _sha256(path: Path, label: str) -> str:
+def sha256_file(path: Path, label: str) -> str:
     h = hashlib.sha256()
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -260,8 +278,8 @@ class HttpRangeFile(io.RawIOBase):
                                 timeout=60)
             hf_raise_for_status(resp)
         except HfHubHTTPError as e:
-            raise DownloadError(self.url, _http_problem(e)) from None
-        except _network_errors() as e:
+            raise DownloadError(self.url, http_problem(e)) from None
+        except network_errors() as e:
             raise DownloadError(self.url, f"range request failed ({e}); run again to resume") from None
         if resp.status_code != 206:
             raise DownloadError(self.url, f"the server ignored the range request (HTTP {resp.status_code}); "

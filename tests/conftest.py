@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -38,3 +41,23 @@ def label_studio(tmp_path_factory):
     info = server.start(folder, root)
     yield info, root, folder
     server.stop(folder)
+
+
+@pytest.fixture(scope="session")
+def spinepose_package(tmp_path_factory) -> SimpleNamespace:
+    """The spinepose package (2.1.0) from PyPI, installed by the test into a private folder: its ``RTMPose``,
+    ``RFDETR`` and ``SpinePoseEstimator`` classes."""
+    try:
+        import spinepose  # noqa: F401
+    except ImportError:
+        target = tmp_path_factory.mktemp("spinepose_pkg")
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                            "spinepose==2.1.0", "anytree", "OneEuroFilter"], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"could not install spinepose from the package index: {r.stderr[-300:]}")
+        sys.path.insert(0, str(target))
+    from spinepose.pose_estimator import SpinePoseEstimator
+    from spinepose.tools.object_detection.rfdetr import RFDETR
+    from spinepose.tools.pose_estimation.rtmpose import RTMPose
+
+    return SimpleNamespace(RTMPose=RTMPose, RFDETR=RFDETR, SpinePoseEstimator=SpinePoseEstimator)

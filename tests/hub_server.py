@@ -1,8 +1,10 @@
-"""A local stand-in for the Hugging Face Hub: the dataset API, `resolve` redirects and a CDN with ranges.
+"""A local stand-in for the Hugging Face Hub: the dataset and model APIs, `resolve` redirects and a CDN with
+ranges.
 
-It speaks the Hub's URL layout and headers (`X-Repo-Commit`, `X-Linked-Etag`, `X-Linked-Size`, 302 to
-the content URL, `Accept-Ranges`, 206 with `Content-Range`, `X-Error-Code` on 404s), records every
-request, and can cut or stall a transfer part-way to exercise resuming.
+It speaks the Hub's URL layout and headers (`/api/datasets/<repo>[/revision/<rev>]`, `/api/models/<repo>[/revision/
+<rev>]`, `/datasets/<repo>/resolve/<rev>/<file>` and `/<repo>/resolve/<rev>/<file>` with `X-Repo-Commit`,
+`X-Linked-Etag`, `X-Linked-Size` and a 302 to the content URL, `Accept-Ranges`, 206 with `Content-Range`,
+`X-Error-Code` on 404s), records every request, and can cut or stall a transfer part-way to exercise resuming.
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ from urllib.parse import unquote, urlparse
 
 
 class FakeHub:
-    def __init__(self, repo_id: str, files: dict[str, bytes], revisions: dict[str, str] | None = None,
-                 token: str | None = None):
+    """One dataset repository (``repo_id``, ``files``) and any number of model repositories (``models``: repo id
+    -> files), all at one commit, reachable by the names in ``revisions`` too."""
+
+    def __init__(self, repo_id: str | None, files: dict[str, bytes] | None = None,
+                 revisions: dict[str, str] | None = None, token: str | None = None,
+                 models: dict[str, dict[str, bytes]] | None = None):
         self.repo_id = repo_id
-        self.files = files
+        self.files = files or {}
+        self.models = models or {}
         self.commit = "0123456789abcdef0123456789abcdef01234567"
         self.revisions = {"main": self.commit, self.commit: self.commit, **(revisions or {})}
         self.token = token
@@ -29,34 +36,46 @@ class FakeHub:
         self.corrupt: set[str] = set()  # names served with a flipped byte
         self.ignore_ranges = False
         self._stop = threading.Event()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # the content is served from another origin (port), as the Hub's CDN: huggingface_hub follows a
+        # redirect on the same origin while reading a file's metadata, and stops at one to another
+        self.servers = [ThreadingHTTPServer(("127.0.0.1", 0), self._handler()) for _ in range(2)]
+        for server in self.servers:
+            server.daemon_threads = True
+        self.server = self.servers[0]
+        self.url, self.cdn_url = (f"http://127.0.0.1:{s.server_address[1]}" for s in self.servers)
+        self._threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in self.servers]
 
     def __enter__(self) -> "FakeHub":
-        self._thread.start()
+        for t in self._threads:
+            t.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self.server.shutdown()
-        self.server.server_close()
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
 
-    def sha256(self, name: str) -> str:
-        return hashlib.sha256(self.files[name]).hexdigest()
+    def sha256(self, name: str, repo: str | None = None) -> str:
+        return hashlib.sha256(self._files(repo)[name]).hexdigest()
 
-    def content_requests(self, name: str) -> list[str | None]:
-        """Range headers of the GETs of one file's content."""
-        return [r for m, p, r in self.requests if m == "GET" and p == f"/cdn/{name}"]
+    def _files(self, repo: str | None) -> dict[str, bytes]:
+        return self.files if repo is None else self.models[repo]
 
-    def _info(self) -> dict:
+    def _cdn(self, name: str, repo: str | None) -> str:
+        return f"/cdn/{name}" if repo is None else f"/cdn/{repo}/{name}"
+
+    def content_requests(self, name: str, repo: str | None = None) -> list[str | None]:
+        """Range headers of the GETs of one file's content (of the dataset, or of model repository ``repo``)."""
+        return [r for m, p, r in self.requests if m == "GET" and p == self._cdn(name, repo)]
+
+    def _info(self, repo: str | None = None) -> dict:
         return {
-            "id": self.repo_id, "sha": self.commit, "private": False, "gated": False,
+            "id": self.repo_id if repo is None else repo, "sha": self.commit, "private": False, "gated": False,
             "siblings": [
                 {"rfilename": n, "size": len(b), "blobId": hashlib.sha1(b).hexdigest(),
-                 "lfs": {"sha256": self.sha256(n), "size": len(b), "pointerSize": 134}}
-                for n, b in self.files.items()
+                 "lfs": {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b), "pointerSize": 134}}
+                for n, b in self._files(repo).items()
             ],
         }
 
@@ -90,37 +109,53 @@ class FakeHub:
             def do_GET(self) -> None:
                 path = unquote(urlparse(self.path).path)
                 hub.requests.append((self.command, path, self.headers.get("Range")))
-                api = f"/api/datasets/{hub.repo_id}"
-                resolve = f"/datasets/{hub.repo_id}/resolve/"
-                if path == api or path.startswith(api + "/revision/"):
-                    if not self._authorised():
+                repos = [(f"/api/models/{r}", f"/{r}/resolve/", r) for r in hub.models]
+                if hub.repo_id:
+                    repos.append((f"/api/datasets/{hub.repo_id}", f"/datasets/{hub.repo_id}/resolve/", None))
+                for api, resolve, repo in repos:
+                    if path == api or path.startswith(api + "/revision/"):
+                        self._api(path, api, repo)
                         return
-                    rev = path[len(api + "/revision/"):] if path != api else "main"
-                    if rev not in hub.revisions:
-                        self._send(404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"})
+                    if path.startswith(resolve):
+                        self._resolve(path[len(resolve):], repo)
                         return
-                    self._send(200, json.dumps(hub._info()).encode(), {"Content-Type": "application/json"})
-                elif path.startswith(resolve):
-                    if not self._authorised():
-                        return
-                    rev, _, name = path[len(resolve):].partition("/")
-                    if rev not in hub.revisions or name not in hub.files:
-                        self._send(404, b"", {"X-Error-Code": "EntryNotFound"})
-                        return
-                    self._send(302, b"", {
-                        "Location": f"{hub.url}/cdn/{name}", "X-Repo-Commit": hub.revisions[rev],
-                        "X-Linked-Etag": f'"{hub.sha256(name)}"', "X-Linked-Size": str(len(hub.files[name])),
-                        "ETag": f'"{hashlib.sha1(hub.files[name]).hexdigest()}"'})
-                elif path.startswith("/cdn/"):
-                    self._content(path[len("/cdn/"):])
+                if path.startswith("/cdn/"):
+                    rest = path[len("/cdn/"):]
+                    repo = next((r for r in hub.models if rest.startswith(r + "/")), None)
+                    self._content(rest[len(repo) + 1:] if repo else rest, repo)
+                elif path.startswith("/api/"):
+                    self._send(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
                 else:
                     self._send(404)
 
-            def _content(self, name: str) -> None:
-                if name not in hub.files:
+            def _api(self, path: str, api: str, repo: str | None) -> None:
+                if not self._authorised():
+                    return
+                rev = path[len(api + "/revision/"):] if path != api else "main"
+                if rev not in hub.revisions:
+                    self._send(404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"})
+                    return
+                self._send(200, json.dumps(hub._info(repo)).encode(), {"Content-Type": "application/json"})
+
+            def _resolve(self, rest: str, repo: str | None) -> None:
+                if not self._authorised():
+                    return
+                rev, _, name = rest.partition("/")
+                files = hub._files(repo)
+                if rev not in hub.revisions or name not in files:
+                    self._send(404, b"", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": hub.commit})
+                    return
+                self._send(302, b"", {
+                    "Location": f"{hub.cdn_url}{hub._cdn(name, repo)}", "X-Repo-Commit": hub.revisions[rev],
+                    "X-Linked-Etag": f'"{hub.sha256(name, repo)}"', "X-Linked-Size": str(len(files[name])),
+                    "ETag": f'"{hashlib.sha1(files[name]).hexdigest()}"'})
+
+            def _content(self, name: str, repo: str | None = None) -> None:
+                files = hub._files(repo)
+                if name not in files:
                     self._send(404)
                     return
-                data = hub.files[name]
+                data = files[name]
                 if name in hub.corrupt:
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
                 start, end = 0, len(data) - 1
@@ -132,7 +167,7 @@ class FakeHub:
                 body = data[start:end + 1]
                 self.send_response(206 if partial else 200)
                 self.send_header("Accept-Ranges", "bytes")
-                self.send_header("ETag", f'"{hub.sha256(name)}"')
+                self.send_header("ETag", f'"{hub.sha256(name, repo)}"')
                 self.send_header("Content-Length", str(len(body)))
                 if partial:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")

@@ -88,3 +88,66 @@ def detector_model(path: Path, dets: np.ndarray, labels: np.ndarray, size: int =
         [helper.make_tensor_value_info("dets", TensorProto.FLOAT, [1, len(dets), 5]),
          helper.make_tensor_value_info("labels", TensorProto.INT64, [1, len(dets)])], inits)
     return _save(graph, path)
+
+
+def rfdetr_model(path: Path, boxes: np.ndarray, logits: np.ndarray, size: int = 384, seed: int = 0,
+                 input_weight: float = 0.005) -> Path:
+    """An RF-DETR-shaped detector: ``input [1, 3, S, S]`` -> ``dets [1, Q, 4]`` (cx, cy, w, h in 0..1) and
+    ``labels [1, Q, C]`` (logits, class 0 background): the given constants plus a small random linear
+    function of the input pooled to 4 x 4, so that the pre-processing matters."""
+    rng = np.random.default_rng(seed)
+    q, c = logits.shape
+    inits = [
+        numpy_helper.from_array(np.array([1, 48], np.int64), "flat"),
+        numpy_helper.from_array(rng.normal(0, input_weight, (48, q * c)).astype(np.float32), "wl"),
+        numpy_helper.from_array(rng.normal(0, input_weight / 10, (48, q * 4)).astype(np.float32), "wb"),
+        numpy_helper.from_array(np.array([1, q, c], np.int64), "shape_l"),
+        numpy_helper.from_array(np.array([1, q, 4], np.int64), "shape_b"),
+        numpy_helper.from_array(logits[None].astype(np.float32), "l0"),
+        numpy_helper.from_array(boxes[None].astype(np.float32), "b0"),
+    ]
+    nodes = [
+        helper.make_node("AveragePool", ["input"], ["pooled"], kernel_shape=[size // 4] * 2, strides=[size // 4] * 2),
+        helper.make_node("Reshape", ["pooled", "flat"], ["f"]),
+        helper.make_node("MatMul", ["f", "wl"], ["l1"]),
+        helper.make_node("Reshape", ["l1", "shape_l"], ["l2"]),
+        helper.make_node("Add", ["l2", "l0"], ["labels"]),
+        helper.make_node("MatMul", ["f", "wb"], ["b1"]),
+        helper.make_node("Reshape", ["b1", "shape_b"], ["b2"]),
+        helper.make_node("Add", ["b2", "b0"], ["dets"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "rfdetr", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("dets", TensorProto.FLOAT, [1, q, 4]),
+         helper.make_tensor_value_info("labels", TensorProto.FLOAT, [1, q, c])], inits)
+    return _save(graph, path)
+
+
+# The persons of the default RF-DETR stand-in: (query, person logit, box cx, cy, w, h); others score below
+# the threshold or belong to other classes. Boxes are placed where people stand in tests/data/photos.
+RFDETR_PERSONS = ((0, 3.0, 0.61, 0.52, 0.34, 0.82), (1, 2.5, 0.22, 0.60, 0.30, 0.60),
+                  (2, 2.0, 0.78, 0.58, 0.28, 0.70), (3, 0.0, 0.45, 0.50, 0.15, 0.40))
+
+
+def rfdetr_tables(crowded: bool = False, q: int = 100, c: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes [Q, 4] and logits [Q, C] for ``rfdetr_model``.
+
+    Default: the four ``RFDETR_PERSONS`` above the 0.3 threshold; persons at 0.08 and 0.14 below it; other
+    classes above it (one on a person's query); background high everywhere (it must be ignored).
+    ``crowded``: 300 other-class scores of 0.88 fill the top 300, so a person at 0.73 is cut by the top-k and
+    only the 0.95 one stays."""
+    rng = np.random.default_rng(seed)
+    boxes = np.column_stack([rng.uniform(0.2, 0.8, (q, 2)), rng.uniform(0.05, 0.3, (q, 2))])
+    logits = np.full((q, c), -6.0)
+    logits[:, 0] = 4.0
+    if crowded:
+        logits[:, 2:] = 2.0
+        logits[0, 1], logits[1, 1] = 3.0, 1.0
+        return boxes, logits
+    for i, lg, *b in RFDETR_PERSONS:
+        logits[i, 1] = lg
+        boxes[i] = b
+    logits[4, 1], logits[5, 1] = -2.5, -1.8
+    logits[6, 2], logits[7, 3], logits[0, 4] = 3.0, 2.0, 1.0
+    logits[8, 0] = 6.0
+    return boxes, logits

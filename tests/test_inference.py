@@ -135,21 +135,8 @@ def test_detector_boxes(tmp_path, scene, models):
 
 
 @pytest.fixture(scope="module")
-def spinepose(tmp_path_factory):
-    """The spinepose package (2.1.0) from PyPI, installed by the test into a private folder."""
-    try:
-        from spinepose.tools.pose_estimation.rtmpose import RTMPose
-        return RTMPose
-    except ImportError:
-        pass
-    target = tmp_path_factory.mktemp("spinepose_pkg")
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                        "spinepose==2.1.0", "anytree", "OneEuroFilter"], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"could not install spinepose from the package index: {r.stderr[-300:]}")
-    sys.path.insert(0, str(target))
-    from spinepose.tools.pose_estimation.rtmpose import RTMPose
-    return RTMPose
+def spinepose(spinepose_package):
+    return spinepose_package.RTMPose
 
 
 def test_same_keypoints_as_the_spinepose_package(scene, models, spinepose):

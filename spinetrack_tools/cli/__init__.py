@@ -23,6 +23,6 @@ def main() -> None:
 
 
 for command in (check.validate, check.flag, check.validate_biomech, check.biomech, data.download, data.synth,
-                models.predict_cmd, models.evaluate_cmd, models.train_cmd, labelstudio.labelstudio, browse.browse,
+                models.predict_cmd, models.models_cmd, models.evaluate_cmd, models.train_cmd, labelstudio.labelstudio, browse.browse,
                 al.init_cmd, al.al_round, al.status_cmd, al.annotate_sim, al.quickstart):
     main.add_command(command)

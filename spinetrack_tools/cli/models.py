@@ -10,14 +10,18 @@ from .common import BadInput, resolve_skeleton, skeleton_option
 
 
 @click.command("predict")
-@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="Top-down pose model in ONNX (SpinePose / RTMPose SimCC, or HRNet-style heatmaps).")
+@click.option("--model", "model_arg", required=True, metavar="NAME|PATH",
+              help="Top-down pose model: a released name (spinepose-small|medium|large|xlarge[@v1|@v2], see "
+                   "`spinetrack models`) or an ONNX file (SpinePose / RTMPose SimCC, or HRNet-style heatmaps).")
 @click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder of the images.")
 @click.option("--boxes", "boxes_path", type=click.Path(path_type=Path, dir_okay=False),
               help="COCO file whose person boxes (and images) to use.")
-@click.option("--detector", "detector_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Person detector ONNX with its NMS exported (dets [1, N, 5]); runs on every image in --images.")
+@click.option("--detector", "detector_arg", metavar="NAME|PATH",
+              help="Person detector run on every image in --images: a released name (rfdetr-small|medium|large|"
+                   "xlarge) or an ONNX file (RF-DETR, or a detector with its NMS exported, dets [1, N, 5]).")
+@click.option("--revision", default=None, help="Branch, tag or commit of the --model repository (names only).")
+@click.option("--det-revision", default=None, help="Branch, tag or commit of the --detector repository.")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="COCO results JSON: image_id, category_id, keypoints (x, y, confidence), score.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
@@ -25,39 +29,87 @@ from .common import BadInput, resolve_skeleton, skeleton_option
 @click.option("--score", "score_mode", type=click.Choice(["mean", "min"]), default="mean", show_default=True,
               help="Keypoint confidence from the two SimCC maxima: their mean (SpinePose) or min (mmpose).")
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1), help="onnxruntime threads.")
-@click.option("--det-score", default=0.5, show_default=True, type=click.FloatRange(0, 1),
-              help="Detector score threshold.")
-def predict_cmd(model_path: Path, images_dir: Path, boxes_path: Path | None, detector_path: Path | None,
-                out_path: Path, batch_size: int, rgb: bool, score_mode: str, threads: int, det_score: float) -> None:
+@click.option("--det-score", default=None, type=click.FloatRange(0, 1),
+              help="Detector score threshold (default: 0.3 for RF-DETR, as the spinepose package; 0.5 for an "
+                   "NMS-exported detector).")
+def predict_cmd(model_arg: str, images_dir: Path, boxes_path: Path | None, detector_arg: str | None,
+                revision: str | None, det_revision: str | None, out_path: Path, batch_size: int, rgb: bool,
+                score_mode: str, threads: int, det_score: float | None) -> None:
     """Pre-annotate images with a top-down ONNX pose model.
 
     Boxes come from a COCO file (--boxes) or a person detector (--detector); each is padded by 1.25,
     widened to the model's aspect ratio and cropped with an affine warp; outputs are decoded (SimCC
-    argmax, or heatmaps with DARK refinement) and mapped back to image pixels. The instance score is
-    the box score times the mean of the keypoint confidences above 0.2, as the SpineTrack metric does.
+    argmax, or heatmaps with DARK refinement) and mapped back to image pixels (v1 SpinePose models then
+    get the package's smoothed spine). The instance score is the box score times the mean of the keypoint
+    confidences above 0.2, as the SpineTrack metric does. Released models are fetched into the Hugging
+    Face cache (HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE apply) and checked against the Hub's sha256.
     """
     from ..coco import read_persons
-    from ..inference.model import Detector, PoseModel
+    from ..inference.hub import load_person_detector, load_pose_model, parse
     from ..inference.predict import jobs_from_coco, jobs_from_folder, predict
     from ..io import save_json
 
-    if (boxes_path is None) == (detector_path is None):
+    if (boxes_path is None) == (detector_arg is None):
         raise click.UsageError("give exactly one of --boxes and --detector")
     if not images_dir.is_dir():
         raise BadInput(f"{images_dir}: images folder not found")
-    model = PoseModel.load(model_path, threads)
+    parse(model_arg, "pose")  # both names checked before anything is fetched
+    if detector_arg is not None:
+        parse(detector_arg, "detector")
+    model = load_pose_model(model_arg, threads, revision)
     skeleton = None
     if boxes_path is not None:
         ds = read_persons(boxes_path)
         jobs, detector, skeleton = jobs_from_coco(ds, images_dir), None, ds.skeleton
     else:
-        jobs, detector = jobs_from_folder(images_dir), Detector.load(detector_path, threads, det_score)
+        detector = load_person_detector(detector_arg, threads, det_score, det_revision)
+        jobs = jobs_from_folder(images_dir)
     missing = [str(p) for p, _ in jobs if not p.is_file()]
     if missing:
         raise BadInput(f"{missing[0]}: image not found ({len(missing)} missing)")
     preds = predict(model, jobs, skeleton, detector, batch_size=batch_size, rgb=rgb, score_mode=score_mode)
     save_json(out_path, preds.to_results())
     click.echo(f"{len(preds)} persons on {len(jobs)} images -> {out_path}")
+
+
+@click.command("models")
+@click.option("--download", "to_download", multiple=True, metavar="NAME",
+              help="Fetch these models into the cache now (e.g. before working offline). Repeatable.")
+@click.option("--hub", "ask_hub", is_flag=True, help="Also ask the Hub for each file's download size.")
+@click.option("--revision", default=None, help="Branch, tag or commit (for --download, --hub and the cache column).")
+def models_cmd(to_download: tuple[str, ...], ask_hub: bool, revision: str | None) -> None:
+    """List the released models that --model and --detector accept by name, and what is cached.
+
+    Pose models: HF dfki-av/spinepose (v2 = latest = the SIMSPINE fine-tune, v1 = SpineTrack; xlarge exists
+    only as v1); detectors: HF saifkhichi96/opendetect RF-DETR, the one the spinepose package pairs with
+    each pose size. The cache is the Hugging Face cache (HF_HOME / HF_HUB_CACHE).
+    """
+    from ..inference import hub
+
+    for name in to_download:
+        spec = hub.spec_for(name)
+        path = hub.fetch(spec, revision)
+        click.echo(f"{spec.name}: {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 verified)")
+    sizes: dict[tuple[str, str], int] = {}
+    if ask_hub:
+        from ..download import remote_files
+
+        for repo in (hub.POSE_REPO, hub.DETECTOR_REPO):
+            _, files = remote_files(repo, revision, repo_type="model")
+            sizes.update({(repo, f.name): f.size for f in files.values()})
+    rows = [("name", "kind", "input", "params", "hub file", *(("download",) if ask_hub else ()), "cached")]
+    for spec in hub.catalogue():
+        cached = hub.cached_file(spec, revision)
+        remote = sizes.get((spec.repo_id, spec.filename))
+        rows.append((hub.short_name(spec), spec.kind + (f" {spec.version}" if spec.version else ""),
+                     "x".join(map(str, spec.input_wh)), f"{spec.params_m:.1f} M" if spec.params_m else "-",
+                     f"{spec.repo_id}/{spec.filename}",
+                     *((f"{remote / 1e6:.1f} MB" if remote else "not on the Hub",) if ask_hub else ()),
+                     f"{cached.stat().st_size / 1e6:.1f} MB" if cached else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    click.echo(f"cache: {hub.cache_dir()}")
 
 
 @click.command("evaluate")

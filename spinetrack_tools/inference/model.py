@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -49,6 +50,7 @@ class PoseModel:
     kind: str  # "simcc" or "heatmap"
     num_keypoints: int
     output_names: list[str]
+    spine_chain: tuple[int, ...] = ()  # smoothed after decoding (the package's v1 post-process) when set
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 2) -> "PoseModel":
@@ -97,9 +99,19 @@ class PoseModel:
         locs, vals = T.decode_heatmap(hm)
         return T.to_image(locs, center, scale, (hm.shape[3], hm.shape[2])), vals
 
+    def postprocess(self, keypoints: np.ndarray) -> np.ndarray:
+        """Image-pixel keypoints after the model's own post-process (v1 SpinePose: the smoothed spine)."""
+        return T.smooth_chain(keypoints, self.spine_chain) if self.spine_chain else keypoints
+
+
+class PersonDetector(Protocol):
+    """What ``predict`` needs of a detector: one BGR image in, person boxes (x, y, w, h) and scores out."""
+
+    def __call__(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
 
 @dataclass
-class Detector:
+class Detector:  # the NMS-exported format (RF-DETR's raw queries: ``RFDETR``)
     """A person detector exported with its NMS (mmdeploy 'end2end' / rtmlib YOLOX style): one letterboxed
     image in, ``dets [1, N, 5]`` (x1, y1, x2, y2, score in input pixels) and optionally ``labels [1, N]`` out."""
 
@@ -110,15 +122,10 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 2, score_thr: float = 0.5) -> "Detector":
-        sess = make_session(path, threads)
-        inp = sess.get_inputs()[0]
-        shape = list(inp.shape)
-        if len(shape) != 4 or _dim(shape[2]) is None or _dim(shape[3]) is None:
-            raise InputError(path, f"expected a fixed [1, 3, H, W] detector input, got {shape}")
-        outs = sess.get_outputs()
-        if not outs or len(outs[0].shape) != 3 or outs[0].shape[-1] != 5:
+        det = load_detector(path, threads, score_thr)
+        if not isinstance(det, cls):
             raise InputError(path, "expected a detector with its NMS exported (dets [1, N, 5])")
-        return cls(sess, inp.name, (int(shape[2]), int(shape[3])), score_thr)
+        return det
 
     def __call__(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Person boxes [M, 4] as x, y, w, h in image pixels and their scores [M]."""
@@ -138,3 +145,65 @@ class Detector:
             keep &= outs[1][0] == 0  # person class
         boxes = dets[keep, :4] / ratio
         return np.hstack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]), dets[keep, 4]
+
+
+@dataclass
+class RFDETR:
+    """An RF-DETR person detector, as the spinepose package (2.1.0) runs it: the image resized to the square
+    input (no letterbox), scaled to 0..1 and normalised with the ImageNet mean/std in its stored (BGR) channel
+    order; ``boxes [1, Q, 4]`` (cx, cy, w, h in 0..1) and ``logits [1, Q, C]`` (class 0 background) out;
+    sigmoid, background excluded, the top ``num_select`` (query, class) pairs, person (class 1) above
+    ``score_thr`` kept in score order."""
+
+    session: object
+    input_name: str
+    input_hw: tuple[int, int]
+    score_thr: float = 0.3
+    num_select: int = 300
+
+    MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+    INV_STD = (1.0 / np.array([0.229, 0.224, 0.225], dtype=np.float32)).astype(np.float32)
+
+    def __call__(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Person boxes [M, 4] as x, y, w, h in image pixels and their scores [M]."""
+        import cv2
+
+        h, w = self.input_hw
+        x = cv2.resize(image_bgr, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        np.multiply(x, np.float32(1.0 / 255.0), out=x)
+        np.subtract(x, self.MEAN, out=x)
+        np.multiply(x, self.INV_STD, out=x)
+        boxes, logits = self.session.run(None, {self.input_name: x.transpose(2, 0, 1)[None]})[:2]
+        probs = 1.0 / (1.0 + np.exp(-logits[0]))
+        probs[:, 0] = -1.0  # background
+        flat = probs.reshape(-1)
+        k = min(self.num_select, flat.size)
+        top = np.argpartition(flat[None], -k, axis=1)[0, -k:]  # the package's selection and order, exactly
+        top = top[np.argsort(-flat[top][None], axis=1)[0]]
+        scores = flat[top]
+        query, label = top // probs.shape[1], top % probs.shape[1]
+        keep = (scores > self.score_thr) & (label == 1)
+        cx, cy, bw, bh = (boxes[0][query[keep]].T.astype(np.float32))
+        bw, bh = np.clip(bw, 0.0, None), np.clip(bh, 0.0, None)
+        size = np.array([image_bgr.shape[1], image_bgr.shape[0]] * 2, dtype=np.float32)
+        xyxy = np.stack([cx - 0.5 * bw, cy - 0.5 * bh, cx + 0.5 * bw, cy + 0.5 * bh], axis=-1) * size
+        xyxy = xyxy.astype(np.float64)
+        return np.hstack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]]), scores[keep].astype(np.float64)
+
+
+def load_detector(path: str | Path, threads: int = 2, score_thr: float | None = None) -> PersonDetector:
+    """The detector an ONNX file holds, told apart by its outputs: RF-DETR (``boxes [1, Q, 4]``, ``logits
+    [1, Q, C]``; default threshold 0.3, as the package) or NMS-exported (``dets [1, N, 5]``; default 0.5)."""
+    sess = make_session(path, threads)
+    inp = sess.get_inputs()[0]
+    shape = list(inp.shape)
+    if len(shape) != 4 or _dim(shape[2]) is None or _dim(shape[3]) is None:
+        raise InputError(path, f"expected a fixed [1, 3, H, W] detector input, got {shape}")
+    outs = [list(o.shape) for o in sess.get_outputs()]
+    hw = (int(shape[2]), int(shape[3]))
+    if len(outs) >= 2 and len(outs[0]) == 3 and outs[0][-1] == 4 and len(outs[1]) == 3:
+        return RFDETR(sess, inp.name, hw, 0.3 if score_thr is None else score_thr)
+    if outs and len(outs[0]) == 3 and outs[0][-1] == 5:
+        return Detector(sess, inp.name, hw, 0.5 if score_thr is None else score_thr)
+    raise InputError(path, f"outputs {outs} are neither RF-DETR (boxes [1, Q, 4], logits [1, Q, C]) nor a "
+                           "detector with its NMS exported (dets [1, N, 5])")

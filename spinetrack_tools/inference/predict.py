@@ -10,19 +10,18 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
 
 from ..io import MISSING_ID, InputError
 from ..persons import Persons, concat, images_table
+from ..pool import image_ids, list_images
 from ..progress import progress
 from ..skeleton import Skeleton, skeleton_for_count
 from . import transforms as T
-from .model import Detector, PoseModel
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+from .model import PersonDetector, PoseModel
 
 
 def instance_scores(confidences: np.ndarray, box_scores: np.ndarray, thr: float = 0.2) -> np.ndarray:
@@ -64,12 +63,21 @@ def jobs_from_coco(persons: Persons, images_dir: Path) -> list[tuple[Path, _Job]
 
 
 def jobs_from_folder(images_dir: Path) -> list[tuple[Path, _Job]]:
-    """Every image in a folder; ids from numeric file names, else the position in sorted order."""
-    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InputError(images_dir, "no images (.jpg, .png, ...) in this folder")
-    return [(p, _Job(int(p.stem) if p.stem.isdigit() else i + 1, p.name, np.zeros(0, int), np.zeros(0, int),
-                     np.zeros((0, 4)), np.zeros(0))) for i, p in enumerate(files)]
+    """Every image in a folder, for a detector; ids as ``pool.image_ids`` gives them."""
+    files = list_images(images_dir)
+    return jobs_for_images([(i, p, p.name) for i, p in zip(image_ids(files), files)])
+
+
+def jobs_from_images(coco: dict[str, Any], images_dir: Path) -> list[tuple[Path, _Job]]:
+    """Every image of a COCO dict (e.g. ``pool.pool_coco``'s, no boxes needed), for a detector."""
+    return jobs_for_images([(int(im["id"]), images_dir / str(im["file_name"]), str(im["file_name"]))
+                            for im in coco["images"]])
+
+
+def jobs_for_images(images: list[tuple[int, Path, str]]) -> list[tuple[Path, _Job]]:
+    """One box-less job per (image id, file, file name): the detector gives each image its persons."""
+    return [(p, _Job(iid, name, np.zeros(0, int), np.zeros(0, int), np.zeros((0, 4)), np.zeros(0)))
+            for iid, p, name in images]
 
 
 def _read(path: Path) -> np.ndarray:
@@ -79,7 +87,7 @@ def _read(path: Path) -> np.ndarray:
     return img
 
 
-def _prepare(path: Path, job: _Job, model: PoseModel, detector: Detector | None, rgb: bool,
+def _prepare(path: Path, job: _Job, model: PoseModel, detector: PersonDetector | None, rgb: bool,
              flip: bool) -> tuple[_Job, tuple[int, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Read, detect, crop and normalise one image: (job, image size, network input, centres, scales, widths)."""
     img = _read(path)
@@ -99,7 +107,7 @@ def _prepare(path: Path, job: _Job, model: PoseModel, detector: Detector | None,
     return job, size, T.normalize(crops, rgb, model.layout), center, scale, np.full(len(center), img.shape[1])
 
 
-def _batches(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector | None, rgb: bool, flip: bool,
+def _batches(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: PersonDetector | None, rgb: bool, flip: bool,
              batch_size: int, threads: int) -> Iterator[tuple[list[_Job], list[tuple[int, int]], list[int],
                                                                  np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Batches of at least ``batch_size`` crops (whole images), in job order.
@@ -129,7 +137,7 @@ def _batches(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: Detector
 
 
 def predict(model: PoseModel, jobs: list[tuple[Path, _Job]], skeleton: Skeleton | None = None,
-            detector: Detector | None = None, batch_size: int = 16, rgb: bool = False, score_mode: str = "mean",
+            detector: PersonDetector | None = None, batch_size: int = 16, rgb: bool = False, score_mode: str = "mean",
             flip: bool = False) -> Persons:
     """Run ``model`` on every job's boxes (or the detector's) and return the predictions in job order: keypoints
     with the raw confidences, the box used, the source annotation id, the authors' instance score, and the
@@ -154,6 +162,7 @@ def predict(model: PoseModel, jobs: list[tuple[Path, _Job]], skeleton: Skeleton 
             if flip:
                 kp[..., 0] = width[:, None] - 1 - kp[..., 0]
                 kp, conf = kp[:, sk.flip_index], conf[:, sk.flip_index]
+            kp = model.postprocess(kp)
         else:
             kp, conf = np.zeros((0, k, 2)), np.zeros((0, k))
         start = 0

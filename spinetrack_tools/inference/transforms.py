@@ -138,3 +138,14 @@ def decode_heatmap(heatmaps: np.ndarray, dark: bool = True, kernel: int = 11) ->
 def to_image(locs: np.ndarray, center: np.ndarray, scale: np.ndarray, grid_wh: tuple[float, float]) -> np.ndarray:
     """Map locations in a ``grid_wh`` frame covering the crop back to image pixels (invalid stay -1 mapped)."""
     return locs / np.asarray(grid_wh, dtype=np.float64) * scale[:, None] + center[:, None] - scale[:, None] / 2
+
+
+def smooth_chain(keypoints: np.ndarray, chain: tuple[int, ...] | list[int]) -> np.ndarray:
+    """The spinepose package's (2.1.0) v1 "smooth spine": along ``chain`` (bottom-up), each inner point in turn
+    becomes the mean of its already smoothed predecessor and its successor; the ends stay. [N, K, 2] -> copy."""
+    out = np.array(keypoints, dtype=np.float64, copy=True)
+    pts = out[:, list(chain)]
+    for i in range(1, len(chain) - 1):
+        pts[:, i] = (pts[:, i - 1] + pts[:, i + 1]) / 2
+    out[:, list(chain)] = pts
+    return out
