@@ -19,6 +19,7 @@ from .skeleton import SPINETRACK37, Skeleton
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 JPEG_QUALITY = 95
+EXIF_ORIENTATION = 0x0112
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -58,6 +59,9 @@ def sample_video(video: Path, frames_dir: Path, every: int | None = None,
         raise InputError(video, f"every ({every}) and max_frames ({max_frames}) must be at least 1")
     if not video.is_file():
         raise InputError(video, "video not found")
+    # FFmpeg's own log lines (e.g. "moov atom not found") would break the one-line error; problems are reported
+    # here (read before the first capture; a value the user set wins)
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     cap = cv2.VideoCapture(str(video))
     try:
         if not cap.isOpened():
@@ -117,7 +121,8 @@ def pool_images(source: Path, frames_dir: Path | None = None, every: int | None 
 
 def pool_coco(files: list[Path], root: Path, skeleton: Skeleton = SPINETRACK37) -> dict[str, Any]:
     """An images-only COCO dict for ``files``: id (``image_ids``), file_name relative to ``root``, width and
-    height from the file header; no annotations; the skeleton's person category."""
+    height from the file header, upright as OpenCV (``predict``) and browsers (Label Studio) decode the image
+    (its EXIF orientation applied); no annotations; the skeleton's person category."""
     from PIL import Image, UnidentifiedImageError
 
     root = Path(root)
@@ -130,6 +135,8 @@ def pool_coco(files: list[Path], root: Path, skeleton: Skeleton = SPINETRACK37) 
         try:
             with Image.open(p) as im:
                 w, h = im.size
+                if im.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8):  # stored turned by 90 degrees
+                    w, h = h, w
         except FileNotFoundError:
             raise InputError(p, "image not found") from None
         except (UnidentifiedImageError, OSError) as e:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import threading
 import time
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
@@ -191,3 +194,34 @@ class FakeHub:
                 self.wfile.write(body)
 
         return Handler
+
+
+def closed_port_url() -> str:
+    """An address on this machine where nothing listens: the Hub unreachable."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}"
+
+
+def hub_env(hub: FakeHub | None, home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a process that reaches ``hub`` (None: no Hub) as HF_ENDPOINT with its own cache
+    under ``home``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE")}
+    env.update({"HF_HOME": str(home), "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
+    env["HF_ENDPOINT"] = hub.url if hub is not None else closed_port_url()
+    env.update(extra)
+    return env
+
+
+if __name__ == "__main__":  # python -m tests.hub_server NAME ...: serve random-weight released models until killed
+    import sys
+    import tempfile
+
+    from .onnx_models import released_repos
+
+    with tempfile.TemporaryDirectory() as tmp, FakeHub(None, models=released_repos(Path(tmp), tuple(sys.argv[1:]))) \
+            as served:
+        print(f"HF_ENDPOINT={served.url}", flush=True)
+        threading.Event().wait()

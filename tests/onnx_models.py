@@ -151,3 +151,21 @@ def rfdetr_tables(crowded: bool = False, q: int = 100, c: int = 5, seed: int = 0
     logits[6, 2], logits[7, 3], logits[0, 4] = 3.0, 2.0, 1.0
     logits[8, 0] = 6.0
     return boxes, logits
+
+
+def released_repos(folder: Path, names: tuple[str, ...], seed: int = 0) -> dict[str, dict[str, bytes]]:
+    """Random-weight stand-ins of released models (``hub`` names) under their real repository paths, for
+    ``hub_server.FakeHub(models=...)``: SimCC pose models of the right input size, RF-DETR-shaped detectors
+    with the ``RFDETR_PERSONS``."""
+    from spinetrack_tools.inference import hub
+
+    repos: dict[str, dict[str, bytes]] = {}
+    for i, name in enumerate(names):
+        spec = hub.spec_for(name)
+        out = folder / f"{spec.name.replace('@', '_')}.onnx"
+        if spec.kind == "pose":
+            simcc_model(out, hw=spec.input_wh[::-1], seed=seed + i)
+        else:
+            rfdetr_model(out, *rfdetr_tables(), size=spec.input_wh[0], seed=seed + i)
+        repos.setdefault(spec.repo_id, {})[spec.filename] = out.read_bytes()
+    return repos

@@ -5,8 +5,6 @@ package's own classes, caching, offline use, pinning, and one-line errors."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +20,7 @@ from spinetrack_tools.io import InputError
 from spinetrack_tools.pool import image_ids, list_images
 from spinetrack_tools.skeleton import SPINETRACK37
 
-from .hub_server import FakeHub
+from .hub_server import FakeHub, hub_env as _env
 from .onnx_models import RFDETR_PERSONS, detector_model, rfdetr_model, rfdetr_tables, simcc_model
 
 PHOTOS = Path(__file__).parent / "data" / "photos"
@@ -50,23 +48,6 @@ def hub_files(tmp_path_factory) -> dict[str, dict[str, bytes]]:
 def hub(hub_files):
     with FakeHub(None, models={r: dict(f) for r, f in hub_files.items()}, revisions={"v1.0": PIN}) as h:
         yield h
-
-
-def _env(hub: FakeHub | None, home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE")}
-    env.update({"HF_HOME": str(home), "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
-    env["HF_ENDPOINT"] = hub.url if hub is not None else _closed_port_url()
-    env.update(extra)
-    return env
-
-
-def _closed_port_url() -> str:
-    """An address on this machine where nothing listens: the Hub unreachable."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}"
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -117,3 +117,17 @@ def test_image_ids():
     assert image_ids([Path("1.jpg"), Path("a.jpg")]) == [1, 2]
     assert image_ids([Path("01.jpg"), Path("1.png")]) == [1, 2]  # the same number twice
     assert [j.image_id for _, j in jobs_from_folder(PHOTOS)] == [785, 40083, 196141, 197388]
+
+
+def test_pool_coco_sizes_are_upright_as_decoded(tmp_path):
+    """A photo stored sideways with an EXIF orientation: the size OpenCV (predict) and browsers show."""
+    from PIL import Image
+
+    for orientation in (1, 6, 8):
+        im = Image.fromarray(np.zeros((40, 70, 3), np.uint8))
+        exif = im.getexif()
+        exif[0x0112] = orientation
+        im.save(tmp_path / f"o{orientation}.jpg", exif=exif.tobytes())
+    coco = pool_coco(list_images(tmp_path), tmp_path)
+    decoded = [cv2.imread(str(tmp_path / im["file_name"])).shape[:2] for im in coco["images"]]
+    assert [(im["height"], im["width"]) for im in coco["images"]] == decoded == [(40, 70), (70, 40), (70, 40)]

@@ -5,7 +5,9 @@ select -> predict -> push -> pull -> gate -> merge -> retrain -> evaluate
 A stage is recorded as done only after its outputs are written atomically, so the command can be killed
 anywhere and re-run: selection is a single transaction, Label Studio tasks are keyed by sample id
 (no duplicates), pulled corrections are kept in the round folder, a dataset version is a new file
-registered after it is complete, and training restarts from scratch in a fresh folder.
+registered after it is complete, and training restarts from scratch in a fresh folder. A stage that cannot
+apply (evaluate without a validation set, retrain without anything to fine-tune) is recorded as skipped, with
+why, and the round goes on.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import numpy as np
 
 from ..coco import load_coco, read_persons, read_results, save_coco
 from ..findings import Report
-from ..inference.model import PoseModel
-from ..inference.predict import evaluate_model, jobs_from_coco, predict
+from ..inference.model import PersonDetector, PoseModel
+from ..inference.predict import evaluate_model, jobs_for_images, jobs_from_coco, predict
 from ..io import InputError, atomic_write_bytes, load_json, save_json
 from ..persons import Persons
 from .strategies import PoolScores, select
-from .workspace import STAGES, Status, Workspace
+from .workspace import DEFAULT_RETRAIN, NO_VAL, STAGES, Status, Workspace
 
 Echo = Callable[[str], None]
 
@@ -77,18 +79,36 @@ def _oracle_pull(ws: Workspace, n: int, oracle: Persons) -> bool:
     return True
 
 
+# models -----------------------------------------------------------------------------------------------------
+def pose_model(ws: Workspace, n: int) -> PoseModel:
+    """The model round ``n`` starts from, loaded (a released name fetched at its pinned commit)."""
+    from ..inference.hub import load_pose_model
+
+    m = ws.current_model(n)
+    return load_pose_model(m.value, revision=m.revision)
+
+
+def person_detector(ws: Workspace) -> PersonDetector | None:
+    """The workspace's person detector, or None when the pool file has the boxes."""
+    from ..inference.hub import load_person_detector
+
+    cfg = ws.config.get("detector")
+    return None if cfg is None else load_person_detector(cfg["model"], score_thr=cfg.get("score"),
+                                                         revision=cfg.get("revision"))
+
+
 # select and predict ---------------------------------------------------------------------------------------
 def stage_select(ws: Workspace, n: int, echo: Echo) -> bool:
     cfg = ws.config["selection"]
     pool_ids = ws.ids_with(Status.POOL)
     if not pool_ids:
         raise InputError(ws.path, "the pool is empty: every image is labelled or selected")
-    model_path, _ = ws.current_model(n)
     pool = read_persons(ws.data("pool")).on_images(pool_ids)
-    model = PoseModel.load(model_path)
-    jobs = jobs_from_coco(pool, ws.data("images"))
-    preds = predict(model, jobs, pool.skeleton, batch_size=32)
-    flipped = predict(model, jobs, pool.skeleton, batch_size=32, flip=True) \
+    model, detector, images = pose_model(ws, n), person_detector(ws), ws.data("images")
+    jobs = jobs_from_coco(pool, images) if detector is None else jobs_for_images(
+        [(int(i), images / str(f), str(f)) for i, f in zip(pool.images["id"], pool.images["file_name"])])
+    preds = predict(model, jobs, pool.skeleton, detector, batch_size=32)
+    flipped = predict(model, jobs, pool.skeleton, detector, batch_size=32, flip=True) \
         if cfg["strategy"] in ("flip", "hybrid") else None
     scores = PoolScores(np.array(sorted(pool_ids)), preds, flipped)
     chosen, score = select(scores, cfg["strategy"], int(cfg["batch_size"]),
@@ -96,7 +116,8 @@ def stage_select(ws: Workspace, n: int, echo: Echo) -> bool:
     save_json(ws.round_dir(n) / "pool_pred.json", preds.to_results())
     chosen_set = {int(i) for i in chosen}
     ws.record_selection(n, chosen_set, dict(zip(scores.image_ids.tolist(), score.tolist())), f"round-{n}")
-    echo(f"round {n}: selected {len(chosen_set)} of {len(pool_ids)} pool images ({cfg['strategy']})")
+    found = f"; the detector found {len(preds)} persons" if detector is not None else ""
+    echo(f"round {n}: selected {len(chosen_set)} of {len(pool_ids)} pool images ({cfg['strategy']}{found})")
     return True
 
 
@@ -233,23 +254,51 @@ def stage_merge(ws: Workspace, n: int, echo: Echo) -> bool:
 
 
 # retrain and evaluate -------------------------------------------------------------------------------------
-def stage_retrain(ws: Workspace, n: int, echo: Echo) -> bool:
-    """Run the retrain hook (a command template) in a fresh folder; logs kept in the round folder."""
-    _, train_path = ws.latest_dataset()
-    _, init = ws.current_model(n)
-    out = ws.round_dir(n) / "model"
-    if out.exists():
-        shutil.rmtree(out)  # a killed run's partial output
-    fields = {"train": train_path, "val": ws.data("val"), "images": ws.data("images"),
-              "val_images": ws.data("val_images"), "init": init or "", "out": out, "python": sys.executable}
+def retrain_command(ws: Workspace, n: int, out: Path) -> list[str] | str:
+    """The retrain hook's command for round ``n`` (writing into ``out``), or why the round skips retraining.
+
+    The one place that decides how a workspace's model is retrained. The hook is a template with the fields
+    {train} {images} {val} {val_images} {init} (the checkpoint to fine-tune, or empty) {model} (the current
+    model's ONNX file, a released one from the cache) {out} {python}. The default hook fine-tunes the
+    reference trainer's checkpoint; a model without one (a released SpinePose is ONNX only) is not retrained
+    by it until ``spinetrack train`` can start from an ONNX file (issue 16).
+    """
+    from ..inference.hub import resolve
+
     template = ws.config["hooks"]["retrain"]
+    m = ws.current_model(n)
+    if template == DEFAULT_RETRAIN and m.checkpoint is None:
+        return (f"retrain skipped: the default hook fine-tunes a checkpoint of the reference trainer (model.pt) "
+                f"and {m.value} has none (it is ONNX only); the next round selects with the same model. To "
+                "retrain it, set [hooks] retrain in config.toml to your trainer")
+    val = ws.val_set()
+    if val is None and ("{val}" in template or "{val_images}" in template):
+        raise InputError(ws.path / "config.toml", "the retrain hook uses {val}, and the workspace has no "
+                                                  "validation set: add [data] val and val_images, or change the hook")
+    _, train_path = ws.latest_dataset()
+    fields = {"train": train_path, "images": ws.data("images"), "val": val[0] if val else "",
+              "val_images": val[1] if val else "", "init": m.checkpoint or "", "out": out, "python": sys.executable,
+              "model": resolve(m.value, "pose", m.revision).path if "{model}" in template else ""}
     try:
         cmd = [part.format(**{k: str(v) for k, v in fields.items()}) for part in shlex.split(template)]
     except (KeyError, ValueError, IndexError) as e:
         raise InputError(ws.path / "config.toml", f"the retrain hook template is not valid ({e!r})") from None
-    if not init and "--init" in cmd:  # no checkpoint to start from: train from scratch
+    if m.checkpoint is None and "--init" in cmd:  # no checkpoint to start from: train from scratch
         i = cmd.index("--init")
         del cmd[i:i + 2]
+    return cmd
+
+
+def stage_retrain(ws: Workspace, n: int, echo: Echo) -> bool:
+    """Run the retrain hook (``retrain_command``) in a fresh folder; logs kept in the round folder."""
+    out = ws.round_dir(n) / "model"
+    cmd = retrain_command(ws, n, out)
+    if isinstance(cmd, str):
+        ws.record_skip(n, "retrain", cmd)
+        echo(f"round {n}: {cmd}")
+        return True
+    if out.exists():
+        shutil.rmtree(out)  # a killed run's partial output
     log = ws.round_dir(n) / "train.log"
     echo(f"round {n}: retraining ({' '.join(cmd[:4])} ...; log {log})")
     with open(log, "wb") as f:
@@ -275,13 +324,18 @@ def _die_with_parent() -> None:
 
 
 def stage_evaluate(ws: Workspace, n: int, echo: Echo) -> bool:
-    """OKS AP per group on the validation set (round 0 = the initial model), the learning curve."""
-    val = read_persons(ws.data("val"))
+    """OKS AP per group on the validation set (round 0 = the initial model), the learning curve; without a
+    validation set, a note that AP is not measured."""
+    vs = ws.val_set()
+    if vs is None:
+        ws.record_skip(n, "evaluate", NO_VAL)
+        echo(f"round {n}: {NO_VAL}")
+        return True
+    val = read_persons(vs[0])
     if not ws.has_metrics(0):
-        ws.record_metrics(0, evaluate_model(ws.current_model(1)[0], val, ws.data("val_images")),
+        ws.record_metrics(0, evaluate_model(pose_model(ws, 1), val, vs[1]),
                           len(load_json(ws.dataset_path(0))["images"]))
-    model, _ = ws.current_model(n + 1)
-    metrics = evaluate_model(model, val, ws.data("val_images"))
+    metrics = evaluate_model(pose_model(ws, n + 1), val, vs[1])
     _, ds_path = ws.latest_dataset()
     ws.record_metrics(n, metrics, len(load_json(ds_path)["images"]))
     save_json(ws.round_dir(n) / "eval.json", metrics, indent=True)

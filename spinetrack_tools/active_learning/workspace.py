@@ -1,12 +1,16 @@
-"""An active-learning workspace: ``config.toml`` (data, model, Label Studio, selection, hooks) and
-``state.sqlite`` (sample status per round, task ids, model and dataset versions, metrics).
+"""An active-learning workspace: ``config.toml`` (data, model, detector, Label Studio, selection, hooks) and
+``state.sqlite`` (sample status per round, task ids, model and dataset versions, metrics, notes of skipped
+stages).
 
-Every dataset version is a new file under ``datasets/``; nothing is overwritten.
+Every dataset version is a new file under ``datasets/``; nothing is overwritten. The pool's persons come
+from a boxes file (``[data] pool``) or, when the config has a ``[detector]``, from that detector; without
+``[data] val`` AP is not measured.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import time
@@ -20,8 +24,8 @@ from typing import Any, Iterable, Iterator
 import tomli_w
 
 from . import DEFAULT_STRATEGY, STRATEGY_NAMES
-from ..coco import load_coco
-from ..io import InputError, atomic_write_bytes
+from ..coco import empty_coco, load_coco, read_persons
+from ..io import InputError, atomic_write_bytes, save_json
 
 CONFIG = "config.toml"
 STATE = "state.sqlite"
@@ -50,8 +54,11 @@ CREATE TABLE IF NOT EXISTS datasets (version INTEGER PRIMARY KEY, path TEXT NOT 
     images INTEGER, annotations INTEGER, created REAL);
 CREATE TABLE IF NOT EXISTS metrics (round INTEGER, grp TEXT, ap REAL, ar REAL, labelled_images INTEGER,
     PRIMARY KEY (round, grp));
+CREATE TABLE IF NOT EXISTS notes (round INTEGER, stage TEXT, note TEXT, PRIMARY KEY (round, stage));
 """
-_REQUIRED = {"data": ("images", "pool", "val", "val_images"), "model": ("onnx",),
+NO_VAL = ("AP not measured: the workspace has no validation set (add [data] val and val_images to config.toml; "
+          "later rounds then measure every model, round 0 included)")
+_REQUIRED = {"data": ("images", "pool"), "model": ("onnx",),
              "labelstudio": ("project", "server_dir"), "selection": ("strategy", "batch_size"), "hooks": ("retrain",)}
 
 
@@ -61,11 +68,25 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
         for key in keys:
             if key not in (config.get(section) or {}):
                 raise InputError(path, f"missing [{section}] {key}")
+    if "val" in config["data"] and "val_images" not in config["data"]:
+        raise InputError(path, "missing [data] val_images (the folder of the [data] val images)")
+    if "detector" in config and "model" not in config["detector"]:
+        raise InputError(path, "missing [detector] model")
     sel = config["selection"]
     if sel["strategy"] not in STRATEGY_NAMES:
         raise InputError(path, f"unknown strategy {sel['strategy']!r}; known: {', '.join(STRATEGY_NAMES)}")
     if not isinstance(sel["batch_size"], int) or isinstance(sel["batch_size"], bool) or sel["batch_size"] < 1:
         raise InputError(path, f"batch_size must be a positive integer, not {sel['batch_size']!r}")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The pose model a round starts from: a released name (pinned to a Hub commit) or an ONNX file, and its
+    training checkpoint when it has one."""
+
+    value: str
+    revision: str | None = None
+    checkpoint: Path | None = None
 
 
 @dataclass
@@ -104,6 +125,11 @@ class Workspace:
     def data(self, key: str) -> Path:
         return Path(self.config["data"][key])
 
+    def val_set(self) -> tuple[Path, Path] | None:
+        """The validation labels and their images folder, or None (AP is then not measured)."""
+        d = self.config["data"]
+        return (Path(d["val"]), Path(d["val_images"])) if d.get("val") else None
+
     def round_dir(self, n: int) -> Path:
         d = self.path / "rounds" / f"{n:03d}"
         d.mkdir(parents=True, exist_ok=True)
@@ -137,15 +163,26 @@ class Workspace:
             return [dict(r) for r in db.execute("SELECT round, stage, model_version, dataset FROM rounds "
                                                 "ORDER BY round")]
 
-    def current_model(self, n: int) -> tuple[Path, Path | None]:
-        """The model (ONNX) and checkpoint round ``n`` starts from: the last retrained one, else the initial."""
+    def current_model(self, n: int) -> ModelRef:
+        """The model round ``n`` starts from: the last retrained one (an ONNX file), else the initial one."""
         with self._db() as db:
             row = db.execute("SELECT model, checkpoint FROM rounds WHERE round < ? AND model IS NOT NULL "
                              "ORDER BY round DESC LIMIT 1", (n,)).fetchone()
         if row:
-            return Path(row["model"]), Path(row["checkpoint"]) if row["checkpoint"] else None
-        ck = self.config["model"].get("checkpoint")
-        return Path(self.config["model"]["onnx"]), Path(ck) if ck else None
+            return ModelRef(row["model"], None, Path(row["checkpoint"]) if row["checkpoint"] else None)
+        m = self.config["model"]
+        return ModelRef(str(m["onnx"]), m.get("revision"), Path(m["checkpoint"]) if m.get("checkpoint") else None)
+
+    def record_skip(self, n: int, stage: str, note: str) -> None:
+        """Round ``n`` passed ``stage`` without doing it (why: ``note``), and the stage mark, at once."""
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO notes VALUES (?, ?, ?)", (n, stage, note))
+            self._mark(db, n, stage)
+
+    def notes(self) -> list[dict[str, Any]]:
+        """The stages rounds skipped, with why, by round."""
+        with self._db() as db:
+            return [dict(r) for r in db.execute("SELECT round, stage, note FROM notes ORDER BY round, stage")]
 
     # samples --------------------------------------------------------------------------------------------------
     def ids_with(self, *statuses: Status) -> list[int]:
@@ -255,41 +292,123 @@ class Workspace:
                                                 "ORDER BY round, grp")]
 
 
-def init(path: Path, pool_images: Path, boxes: Path, labeled: Path, val: Path, model: Path,
-         checkpoint: Path | None = None, val_images: Path | None = None, strategy: str = DEFAULT_STRATEGY,
-         batch_size: int = 50, project: str | None = None, retrain: str = DEFAULT_RETRAIN,
-         labelstudio_url: str = "", server_dir: Path | None = None, seed: int = 0) -> Workspace:
-    """Create a workspace (refuses an existing one). ``boxes`` lists the pool images and their person
-    boxes; ``labeled`` (dataset version 0) and the pool share the images folder."""
+def init(path: Path, pool_images: Path, boxes: Path | None = None, labeled: Path | None = None,
+         val: Path | None = None, model: str | Path | None = None, checkpoint: Path | None = None,
+         val_images: Path | None = None, strategy: str = DEFAULT_STRATEGY, batch_size: int = 50,
+         project: str | None = None, retrain: str = DEFAULT_RETRAIN, labelstudio_url: str = "",
+         server_dir: Path | None = None, seed: int = 0, *, detector: str | Path | None = None,
+         revision: str | None = None, det_revision: str | None = None, det_score: float | None = None,
+         every: int | None = None, max_frames: int | None = None, frames_dir: Path | None = None) -> Workspace:
+    """Create a workspace (refuses an existing one; leaves nothing behind when it fails).
+
+    With ``boxes`` (a COCO file listing the pool images and their person boxes) ``pool_images`` is their
+    folder. Without, it is a folder of images and/or videos, or one video, and the persons come from
+    ``detector`` (default: the RF-DETR the spinepose package pairs with ``model``); video frames are written
+    once to ``frames_dir`` (default ``<workspace>/frames``) and the images-only pool file to ``pool.json``.
+    ``labeled`` is dataset version 0 (default: none, an empty version 0; its file names relative to the
+    images folder); without ``val`` AP is not measured. ``model`` (default ``hub.DEFAULT_POSE``) and the
+    detector are released names or ONNX files; a name is stored with the Hub commit it resolves to now.
+    """
+    from ..inference import hub
+
     path = path.resolve()
     if (path / CONFIG).exists():
         raise InputError(path, "a workspace already exists here")
-    for p in (pool_images, boxes, labeled, val, model):
-        if not p.exists():
+    model = hub.DEFAULT_POSE if model is None else model
+    if boxes is not None and detector is not None:
+        raise InputError(boxes, "persons come from a boxes file or a detector, not both")
+    for p in (pool_images, boxes, labeled, val, val_images, checkpoint):
+        if p is not None and not p.exists():
             raise InputError(p, "not found")
-    pool = load_coco(boxes).persons
-    lab = load_coco(labeled).persons
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "datasets").mkdir(exist_ok=True)
-    v0 = path / "datasets" / "labeled_v000.json"
-    shutil.copyfile(labeled, v0)
-    config = {
-        "data": {"images": str(pool_images.resolve()), "pool": str(boxes.resolve()), "val": str(val.resolve()),
-                 "val_images": str((val_images or pool_images).resolve())},
-        "model": {"onnx": str(model.resolve()), **({"checkpoint": str(checkpoint.resolve())} if checkpoint else {})},
-        "labelstudio": {"project": project or f"spinetrack-al-{path.name}", "url": labelstudio_url,
-                        "server_dir": str((server_dir or path / "labelstudio").resolve())},
-        "selection": {"strategy": strategy, "batch_size": batch_size, "seed": seed},
-        "hooks": {"retrain": retrain},
-    }
-    _check_config(path / CONFIG, config)
-    atomic_write_bytes(path / CONFIG, tomli_w.dumps(config).encode())
-    ws = Workspace.open(path)
-    labelled_ids = set(lab.images["id"].tolist())
+    if val is None and val_images is not None:
+        raise InputError(val_images, "validation images without validation labels (--val)")
+    hub.parse(model, "pose")  # every name checked before anything is fetched or written
+    if boxes is None:
+        detector = hub.paired_detector(model) if detector is None else detector
+        hub.parse(detector, "detector")
+    elif not pool_images.is_dir():
+        raise InputError(pool_images, "a boxes file lists the images of a folder; the persons of a video come "
+                                      "from the detector (leave out --boxes)")
+    lab = read_persons(labeled) if labeled is not None else None
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if boxes is None:
+            images_root, pool_file, pool_rows = _detector_pool(path, pool_images, frames_dir, every, max_frames, lab)
+        else:
+            pool = load_coco(boxes).persons
+            images_root, pool_file = pool_images, boxes
+            pool_rows = list(zip(pool.images["id"].tolist(), pool.images["file_name"].tolist()))
+        model_value, model_rev = hub.pin(model, "pose", revision)
+        hub.load_pose_model(model_value, revision=model_rev)  # a pose model at all: fail now, not in round 1
+        det_cfg: dict[str, Any] = {}
+        if detector is not None:
+            det_value, det_rev = hub.pin(detector, "detector", det_revision)
+            hub.load_person_detector(det_value, revision=det_rev)
+            det_cfg = {"detector": {"model": det_value, **({"revision": det_rev} if det_rev else {}),
+                                    **({"score": det_score} if det_score is not None else {})}}
+        (path / "datasets").mkdir(exist_ok=True)
+        v0 = path / "datasets" / "labeled_v000.json"
+        if labeled is not None:
+            shutil.copyfile(labeled, v0)
+        else:
+            save_json(v0, empty_coco())
+        config = {
+            "data": {"images": str(images_root.resolve()), "pool": str(pool_file.resolve()),
+                     **({"val": str(val.resolve()), "val_images": str((val_images or images_root).resolve())}
+                        if val is not None else {})},
+            "model": {"onnx": model_value, **({"revision": model_rev} if model_rev else {}),
+                      **({"checkpoint": str(checkpoint.resolve())} if checkpoint else {})},
+            **det_cfg,
+            "labelstudio": {"project": project or f"spinetrack-al-{path.name}", "url": labelstudio_url,
+                            "server_dir": str((server_dir or path / "labelstudio").resolve())},
+            "selection": {"strategy": strategy, "batch_size": batch_size, "seed": seed},
+            "hooks": {"retrain": retrain},
+        }
+        _check_config(path / CONFIG, config)
+        atomic_write_bytes(path / CONFIG, tomli_w.dumps(config).encode())
+        ws = Workspace.open(path)
+    except BaseException:
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+        elif (path / CONFIG).exists():
+            (path / CONFIG).unlink()
+        raise
+    labelled_ids = set() if lab is None else set(lab.images["id"].tolist())
     with ws._db() as db:
         db.executemany("INSERT OR IGNORE INTO samples (image_id, file_name, status) VALUES (?, ?, ?)",
                        [(int(i), str(f), Status.LABELLED if int(i) in labelled_ids else Status.POOL)
-                        for i, f in zip(pool.images["id"], pool.images["file_name"])])
+                        for i, f in pool_rows])
         db.execute("INSERT INTO datasets VALUES (0, ?, 0, ?, ?, ?)",
-                   (str(v0), len(lab.images), len(lab), time.time()))
+                   (str(v0), 0 if lab is None else len(lab.images), 0 if lab is None else len(lab), time.time()))
     return ws
+
+
+def _detector_pool(path: Path, source: Path, frames_dir: Path | None, every: int | None, max_frames: int | None,
+                   labeled: Any) -> tuple[Path, Path, list[tuple[int, str]]]:
+    """The images of a box-less pool (video frames sampled into ``frames_dir``, default ``<workspace>/frames``)
+    as ``<workspace>/pool.json``: (images folder, pool file, (image id, file name) per image). File names are
+    relative to the folder all the images are in; images of the labelled set keep its ids."""
+    from ..pool import pool_coco, pool_images
+
+    files = pool_images(source, frames_dir or path / "frames", every, max_frames)
+    root = Path(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in files]))
+    if root == Path(root.anchor):
+        raise InputError(frames_dir or path / "frames", f"the frames and the images of {source} share no folder "
+                                                        "but the file system's root; put the frames next to them")
+    coco = pool_coco(files, root)
+    if labeled is not None:
+        _align_ids(coco, dict(zip(labeled.images["file_name"].astype(str), labeled.images["id"].astype(int))))
+    save_json(path / "pool.json", coco)
+    return root, path / "pool.json", [(im["id"], im["file_name"]) for im in coco["images"]]
+
+
+def _align_ids(coco: dict[str, Any], labelled: dict[str, int]) -> None:
+    """Pool images that are in the labelled set take its id; others whose id it uses get new ones."""
+    taken = set(labelled.values())
+    fresh = max([*taken, *(im["id"] for im in coco["images"])], default=0) + 1
+    for im in coco["images"]:
+        if im["file_name"] in labelled:
+            im["id"] = labelled[im["file_name"]]
+        elif im["id"] in taken:
+            im["id"], fresh = fresh, fresh + 1

@@ -7,41 +7,88 @@ from pathlib import Path
 import click
 
 from ..active_learning import DEFAULT_STRATEGY, STRATEGY_NAMES
-from .common import workspace_option
+from .common import LS_DIR, workspace_option
 
 
 @click.command("init")
 @click.argument("workspace", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--pool", "pool_images", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Folder of the images (the unlabelled pool and the labelled set).")
-@click.option("--boxes", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="COCO file listing the pool images and their person boxes.")
-@click.option("--labeled", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="The labelled set so far (dataset version 0).")
-@click.option("--val", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Validation set.")
-@click.option("--val-images", type=click.Path(path_type=Path, file_okay=False), help="Its images (default --pool).")
-@click.option("--model", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="The current ONNX model (for example models/spinetrack_synth.onnx).")
+@click.option("--pool", "pool_images", required=True, type=click.Path(path_type=Path), metavar="DIR|VIDEO",
+              help="The unlabelled pool: a folder of images and/or videos, or one video (with --boxes: the folder "
+                   "of its images).")
+@click.option("--boxes", type=click.Path(path_type=Path, dir_okay=False),
+              help="COCO file listing the pool images and their person boxes (default: none, a detector finds "
+                   "the persons when a round selects).")
+@click.option("--detector", "detector_arg", metavar="NAME|PATH",
+              help="Person detector of a pool without --boxes: a released name (rfdetr-small|medium|large|xlarge) "
+                   "or an ONNX file (default: the RF-DETR the spinepose package pairs with --model, e.g. "
+                   "rfdetr-small for spinepose-small).")
+@click.option("--det-score", type=click.FloatRange(0, 1), help="Detector score threshold (default: the "
+                                                               "detector's own, 0.3 for RF-DETR).")
+@click.option("--every", type=click.IntRange(1), help="Videos: keep every N-th frame (from the first).")
+@click.option("--max-frames", type=click.IntRange(1),
+              help="Videos: at most this many frames of each (spread over the video without --every).")
+@click.option("--frames", "frames_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder the video frames are written to, once each, as <video>_<frame index>.jpg "
+                   "(default WORKSPACE/frames).")
+@click.option("--labeled", type=click.Path(path_type=Path, dir_okay=False),
+              help="The labelled set so far (dataset version 0; file names relative to the pool's images "
+                   "folder). Default: none, round 1 pre-annotates with --model.")
+@click.option("--val", type=click.Path(path_type=Path, dir_okay=False),
+              help="Validation set: OKS AP of every round's model. Without it AP is NOT measured (the evaluate "
+                   "stage records that); it can be added to config.toml later.")
+@click.option("--val-images", type=click.Path(path_type=Path, file_okay=False),
+              help="Its images (default: the pool's images folder).")
+@click.option("--model", "model_arg", metavar="NAME|PATH",
+              help="Pose model: a released name (spinepose-small|medium|large|xlarge[@v1|@v2], see `spinetrack "
+                   "models`) or an ONNX file. Default: spinepose-medium (14.3 M parameters), as the spinepose CLI; "
+                   "on a 2-core machine consider spinepose-small (6.0 M). A name is pinned to the Hub commit it "
+                   "resolves to now.")
+@click.option("--revision", help="Hub branch, tag or commit of a --model name (default: main's commit now).")
+@click.option("--det-revision", help="Hub branch, tag or commit of a --detector name.")
 @click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
-              help="Its training checkpoint, to fine-tune from (models/spinetrack_synth.pt).")
+              help="The model's training checkpoint, to fine-tune from (models/spinetrack_synth.pt).")
 @click.option("--strategy", default=DEFAULT_STRATEGY, show_default=True, type=click.Choice(STRATEGY_NAMES))
 @click.option("--batch-size", default=50, show_default=True, type=click.IntRange(1), help="Images per round.")
 @click.option("--project", help="Label Studio project title (default spinetrack-al-<workspace name>).")
 @click.option("--labelstudio-url", default="", help="Label Studio URL (default: LABEL_STUDIO_URL, or the "
-                                                      "local server of the workspace).")
+                                                      "local server of --labelstudio-dir).")
+@click.option("--labelstudio-dir", "ls_dir", type=click.Path(path_type=Path, file_okay=False), default=LS_DIR,
+              show_default=True, help="Folder of the local server (`spinetrack labelstudio start --dir`).")
 @click.option("--retrain", help="Retrain command template with {train} {val} {images} {val_images} {init} "
-                                "{out} {python} (default: the reference trainer).")
-def init_cmd(workspace: Path, pool_images: Path, boxes: Path, labeled: Path, val: Path, val_images: Path | None,
-             model: Path, checkpoint: Path | None, strategy: str, batch_size: int, project: str | None,
-             labelstudio_url: str, retrain: str | None) -> None:
-    """Create an active-learning workspace: config.toml and the state database."""
-    from ..active_learning.workspace import DEFAULT_RETRAIN, init
+                                "{model} {out} {python} (default: the reference trainer).")
+def init_cmd(workspace: Path, pool_images: Path, boxes: Path | None, detector_arg: str | None,
+             det_score: float | None, every: int | None, max_frames: int | None, frames_dir: Path | None,
+             labeled: Path | None, val: Path | None, val_images: Path | None, model_arg: str | None,
+             revision: str | None, det_revision: str | None, checkpoint: Path | None, strategy: str,
+             batch_size: int, project: str | None, labelstudio_url: str, ls_dir: Path, retrain: str | None) -> None:
+    """Create an active-learning workspace: config.toml and the state database.
 
-    ws = init(workspace, pool_images, boxes, labeled, val, model, checkpoint, val_images, strategy, batch_size,
-              project, retrain or DEFAULT_RETRAIN, labelstudio_url)
-    c = ws.counts()
-    click.echo(f"workspace {ws.path}: {c.get('pool', 0)} pool images, {c.get('labelled', 0)} labelled; "
-               f"edit {ws.path / 'config.toml'} to change the strategy, batch size or hooks")
+    Without --boxes the pool is your own media: images and videos (frames sampled with --every /
+    --max-frames), persons found by the detector when a round selects. --labeled and --val are optional.
+    """
+    from ..active_learning.workspace import DEFAULT_RETRAIN, NO_VAL, init
+
+    if boxes is not None and (detector_arg or det_score is not None or det_revision):
+        raise click.UsageError("--detector, --det-score and --det-revision are for a pool without --boxes")
+    ws = init(workspace, pool_images, boxes, labeled, val, model_arg, checkpoint, val_images, strategy, batch_size,
+              project, retrain or DEFAULT_RETRAIN, labelstudio_url, server_dir=ls_dir, detector=detector_arg,
+              revision=revision, det_revision=det_revision, det_score=det_score, every=every, max_frames=max_frames,
+              frames_dir=frames_dir)
+    c, m, det = ws.counts(), ws.config["model"], ws.config.get("detector")
+    click.echo(f"workspace {ws.path}: {c.get('pool', 0)} pool images, {c.get('labelled', 0)} labelled "
+               f"(images in {ws.data('images')})")
+    click.echo(f"  model {_pinned(m['onnx'], m.get('revision'))}; persons from "
+               + (f"the detector {_pinned(det['model'], det.get('revision'))}" if det else f"the boxes of {boxes}"))
+    if labeled is None:
+        click.echo("  no labelled set: dataset version 0 is empty; round 1 pre-annotates with the model")
+    if val is None:
+        click.echo(f"  note: {NO_VAL}")
+    click.echo(f"  edit {ws.path / 'config.toml'} to change the strategy, batch size or hooks; next: "
+               f"spinetrack al-round --iter 1 --workspace {workspace}")
+
+
+def _pinned(model: str, revision: str | None) -> str:
+    return f"{model} (Hub commit {revision[:12]})" if revision else model
 
 
 @click.command("al-round")
@@ -75,15 +122,18 @@ def status_cmd(ws_path: Path, as_json: bool) -> None:
     from ..io import dumps_json
 
     ws = Workspace.open(ws_path)
-    rounds, metrics = ws.rounds(), ws.metrics()
+    rounds, metrics, notes = ws.rounds(), ws.metrics(), ws.notes()
     out = {"workspace": str(ws.path), "samples": ws.counts(), "rounds": rounds, "metrics": metrics,
-           "learning_curve": str(ws.path / "learning_curve.png")}
+           "notes": notes, "learning_curve": str(ws.path / "learning_curve.png")}
     if as_json:
         click.echo(dumps_json(out, indent=True).decode())
         return
     click.echo(f"workspace {ws.path}: " + ", ".join(f"{k} {v}" for k, v in sorted(out["samples"].items())))
     for r in rounds:
         click.echo(f"  round {r['round']}: stage {r['stage']}, dataset version {r['dataset']}")
+        for note in notes:
+            if note["round"] == r["round"]:
+                click.echo(f"    {note['stage']}: {note['note']}")
     groups = sorted({m["grp"] for m in metrics})
     if metrics:
         click.echo(f"  {'round':>5s} {'labelled':>8s} " + " ".join(f"{g:>8s}" for g in groups))

@@ -245,6 +245,32 @@ def resolve(value: str | Path, kind: str, revision: str | None = None, endpoint:
     return Resolved(fetch(target, revision, endpoint, token), target)
 
 
+def paired_detector(pose: str | Path) -> str:
+    """The detector the spinepose package pairs with a released pose model (``rfdetr-<its size>``), else
+    ``DEFAULT_DETECTOR``."""
+    target = parse(pose, "pose")
+    if isinstance(target, Path):
+        return DEFAULT_DETECTOR
+    return f"rfdetr-{target.name.split('@')[0].removeprefix('spinepose-')}"
+
+
+def pin(value: str | Path, kind: str, revision: str | None = None) -> tuple[str, str | None]:
+    """A model argument as something to store: a released model's canonical name with the Hub commit it
+    resolves to now (fetched and verified), or a file's absolute path (no revision)."""
+    target = parse(value, kind)
+    if isinstance(target, Path):
+        if revision is not None:
+            raise InputError(value, "a revision applies to model names, not to files")
+        if not target.is_file():
+            raise InputError(target, "model file not found")
+        return str(target.resolve()), None
+    path = fetch(target, revision)
+    snapshot = path.parents[len(Path(target.filename).parts) - 1]  # <cache>/models--o--r/snapshots/<commit>/<file>
+    if snapshot.parent.name != "snapshots" or not re.fullmatch(r"[0-9a-f]{40}", snapshot.name):
+        raise InputError(path, "not a Hugging Face cache snapshot; cannot tell the commit")
+    return target.name, snapshot.name
+
+
 def parse(value: str | Path, kind: str) -> ModelSpec | Path:
     """What a model argument denotes, without fetching: a released model, or a file (see ``looks_like_path``);
     an unknown name raises ``UnknownModelError``. Check every argument with it before fetching any."""

@@ -177,9 +177,10 @@ def predict(model: PoseModel, jobs: list[tuple[Path, _Job]], skeleton: Skeleton 
     return concat(parts, sk, predicted=True, images=images_table(images))
 
 
-def evaluate_model(model_path: Path, val: Persons, images_dir: Path, threads: int = 2) -> dict[str, dict[str, float]]:
-    """OKS AP per group of an ONNX pose model on validation labels, predicting on their boxes."""
+def evaluate_model(model: PoseModel | Path, val: Persons, images_dir: Path,
+                   threads: int = 2) -> dict[str, dict[str, float]]:
+    """OKS AP per group of a pose model (or an ONNX file) on validation labels, predicting on their boxes."""
     from ..evaluate import evaluate
 
-    model = PoseModel.load(model_path, threads)
+    model = model if isinstance(model, PoseModel) else PoseModel.load(model, threads)
     return evaluate(val, predict(model, jobs_from_coco(val, images_dir), val.skeleton, batch_size=32))
