@@ -182,8 +182,8 @@ def test_a_video_pool_with_a_validation_set(label_studio, served, tmp_path):
     for t in tasks(info, "al-video"):
         assert (t["data"]["width"], t["data"]["height"]) == (160, 120)
         assert served_image(info, t["data"]["image"]) == (frames / t["data"]["file_name"]).read_bytes()
-    pool = json.loads((ws / "pool.json").read_text())
-    chosen = [im for im in pool["images"] if im["file_name"] in {t["data"]["file_name"] for t in tasks(info, "al-video")}]
+    pushed = {t["data"]["file_name"] for t in tasks(info, "al-video")}
+    chosen = [im for im in json.loads((ws / "pool.json").read_text())["images"] if im["file_name"] in pushed]
     (data / "truth.json").write_text(json.dumps(people_in(chosen)))
     assert cli(env, "annotate-sim", "--workspace", ws, "--truth", data / "truth.json").returncode == 0
     r = cli(env, "al-round", "--iter", 1, "--workspace", ws)
@@ -259,3 +259,25 @@ def test_init_help_names_the_default_model():
     medium, small = H.spec_for(H.DEFAULT_POSE), H.spec_for("spinepose-small")
     assert f"({medium.params_m:.1f} M parameters)" in text and f"spinepose-small ({small.params_m:.1f} M)" in text
     assert "AP is NOT measured" in text
+
+
+def test_retrain_command_decides_how_a_round_retrains(tmp_path):
+    """The hook's one place: the default hook skips a model without a checkpoint, a hook of one's own gets the
+    model file, and {val} without a validation set is a one-line error naming config.toml."""
+    from spinetrack_tools.active_learning.rounds import retrain_command
+    from spinetrack_tools.active_learning.workspace import init
+    from spinetrack_tools.io import InputError
+
+    pose, det = simcc_model(tmp_path / "pose.onnx"), rfdetr_model(tmp_path / "det.onnx", *rfdetr_tables(), size=64)
+    ws = init(tmp_path / "ws", PHOTOS, model=pose, detector=det)
+    assert retrain_command(ws, 1, tmp_path / "out").startswith("retrain skipped")
+    own = init(tmp_path / "own", PHOTOS, model=pose, detector=det,
+               retrain="{python} my_train.py --data {train} --images {images} --init {init} --from {model} --out {out}")
+    cmd = retrain_command(own, 1, tmp_path / "out")
+    assert cmd[1:] == ["my_train.py", "--data", str(own.path / "datasets" / "labeled_v000.json"), "--images",
+                       str(PHOTOS), "--from", str(pose), "--out", str(tmp_path / "out")]  # no checkpoint: no --init
+    ck = tmp_path / "model.pt"
+    ck.write_bytes(b"a checkpoint")
+    with_ck = init(tmp_path / "ck", PHOTOS, model=pose, detector=det, checkpoint=ck)
+    with pytest.raises(InputError, match="config.toml.*no validation set"):
+        retrain_command(with_ck, 1, tmp_path / "out")
