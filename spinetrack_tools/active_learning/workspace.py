@@ -299,7 +299,7 @@ def init(path: Path, pool_images: Path, boxes: Path | None = None, labeled: Path
          server_dir: Path | None = None, seed: int = 0, *, detector: str | Path | None = None,
          revision: str | None = None, det_revision: str | None = None, det_score: float | None = None,
          every: int | None = None, max_frames: int | None = None, frames_dir: Path | None = None) -> Workspace:
-    """Create a workspace (refuses an existing one; leaves nothing behind when it fails).
+    """Create a workspace (refuses an existing one; a folder it created is removed again when it fails).
 
     With ``boxes`` (a COCO file listing the pool images and their person boxes) ``pool_images`` is their
     folder. Without, it is a folder of images and/or videos, or one video, and the persons come from
