@@ -11,11 +11,14 @@ inverted people).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
-from .biomech.geometry import (CROSSINGS, LIMB_OF, SCALE_SEGMENTS, BodyGeometry, point_segment_distance, quiet,
-                               reference_length)
+from .biomech.geometry import (CROSSINGS, LIMB_OF, SCALE_SEGMENTS, BodyGeometry, person_noise, point_segment_distance,
+                               quiet, reference_length)
+from .biomech.rules import Thresholds as BiomechThresholds
+from .biomech.rules import spine_order
 from .evaluate import oks
 from .findings import Finding, Report, findings_from_mask, findings_per_keypoint
 from .persons import Persons
@@ -32,7 +35,6 @@ class Thresholds:
     collapse_min_points: int = 5
     collapse_min_fraction: float = 0.4
     duplicate_oks: float = 0.95
-    spine_order_step: float = -0.12  # fraction of the chain's chord
     spine_min_chord: float = 0.25  # chord / torso below which the view is too foreshortened to judge order
     spine_detached: float = 0.45  # torso lengths from the hip-shoulder midline
     crossing_ratio: float = 0.85  # swapped cost / current cost
@@ -43,8 +45,15 @@ class Thresholds:
     limb_scale: float = 1.7  # segment length / (reference x body scale)
     skeleton_scale_high: float = 1.5  # keypoint extent / box extent
     skeleton_scale_low: float = 0.45
-    noise: float = 0.12  # median second difference along the spine chain, torso lengths
+    noise: float = 0.6  # a person's annotation noise, x sigma_k x sqrt(area) (geometry.person_noise), and
+    noise_ratio: float = 3.0  # that many times the file's (plausible persons stay under 3x at any noise level)
     mad_k: float = 8.0  # adaptive part: median + k * MAD over the file
+
+
+@lru_cache(maxsize=1)
+def order_bounds() -> BiomechThresholds:
+    """The calibrated bounds of validate-biomech (flag's order test is its ``spine_order`` rule)."""
+    return BiomechThresholds.load()
 
 
 def adaptive(values: np.ndarray, floor: float, k: float) -> float:
@@ -57,10 +66,12 @@ def adaptive(values: np.ndarray, floor: float, k: float) -> float:
     return max(med + k * mad, floor)
 
 
-def flag(persons: Persons, thresholds: Thresholds = Thresholds()) -> Report:
-    """Run every detector on labelled persons and return one report."""
-    g = BodyGeometry(persons)
-    report = Report(persons.source, stats={"images": len(persons.images), "annotations": len(persons)})
+def flag(persons: Persons, thresholds: Thresholds = Thresholds(), noise: float | None = None) -> Report:
+    """Run every detector on labelled persons and return one report. ``noise``: the annotation noise level to
+    allow for (x sigma_k x sqrt(area); default: measured on ``persons``)."""
+    g = BodyGeometry(persons, noise)
+    report = Report(persons.source, stats={"images": len(persons.images), "annotations": len(persons),
+                                           "annotation_noise": round(g.noise, 3)})
     for det in DETECTORS:
         report.extend(det(g, thresholds))
     return report
@@ -161,26 +172,21 @@ def spine(g: BodyGeometry, t: Thresholds) -> list[Finding]:
     xy = g.xy[:, chain]
     ok = g.usable[:, chain]
     n = len(g.persons)
-    # order: project the labelled chain points on the chord from the first to the last labelled point
+    # order: the biomechanical rule's test with its calibrated bound at the file's noise level
+    ok = g.usable[:, chain]
     first = ok.argmax(axis=1)
     last = ok.shape[1] - 1 - ok[:, ::-1].argmax(axis=1)
     rows = np.arange(n)
-    chord = xy[rows, last] - xy[rows, first]
-    chord_len = np.linalg.norm(chord, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        u = chord / chord_len[:, None]
-        tpos = np.einsum("nkd,nd->nk", xy - xy[rows, first][:, None], u) / chord_len[:, None]
-    tpos = np.where(ok, tpos, np.nan)
-    steps = _valid_steps(tpos)
-    min_step = np.nanmin(np.where(np.isfinite(steps), steps, np.inf), axis=1)
+    chord_len = np.linalg.norm(xy[rows, last] - xy[rows, first], axis=1)
+    order, unit = spine_order(g)
+    bound = order_bounds().bound_for("spine_order", g.noise, unit)
     judge = (ok.sum(1) >= 4) & (chord_len > t.spine_min_chord * g.torso)
-    order_bad = judge & (min_step < t.spine_order_step)
+    order_bad = judge & (order > bound)
     names = [g.sk.names[i] for i in chain]
-    worst = np.nanargmin(np.where(np.isfinite(steps), steps, np.inf), axis=1)
     out = findings_from_mask(
         "spine_order", "error", order_bad, g.persons.ann_ids, g.persons.image_ids,
-        lambda r: f"spine chain out of order around {names[worst[r]]} (step {min_step[r]:+.2f} of the chord)",
-        scores=np.clip(-min_step, 0, None), keypoints=names)
+        lambda r: f"spine chain out of order (evidence {order[r]:.2f}, above the bound {bound[r]:.2f} at the "
+                  f"file's annotation noise {g.noise:.2f})", scores=np.nan_to_num(order), keypoints=names)
 
     # detachment: the chain's ends (sacrum, C7) away from the mid-hip / mid-shoulder points, or its
     # points away from the mid-hip -> mid-shoulder segment, in torso lengths
@@ -203,20 +209,6 @@ def spine(g: BodyGeometry, t: Thresholds) -> list[Finding]:
         lambda r: f"spine chain {detach[r]:.2f} torso lengths away from the hip-shoulder line (limit {thr:.2f})",
         scores=detach, keypoints=names)
     return out
-
-
-def _valid_steps(tpos: np.ndarray) -> np.ndarray:
-    """Differences between consecutive labelled entries of each row (NaN-separated points skipped)."""
-    n, k = tpos.shape
-    filled = tpos.copy()
-    steps = np.full((n, k - 1), np.nan)
-    prev = np.full(n, np.nan)
-    for j in range(k):
-        cur = filled[:, j]
-        if j:
-            steps[:, j - 1] = np.where(np.isfinite(cur) & np.isfinite(prev), cur - prev, np.nan)
-        prev = np.where(np.isfinite(cur), cur, prev)
-    return steps
 
 
 def lr_swaps(g: BodyGeometry, t: Thresholds) -> list[Finding]:
@@ -299,23 +291,20 @@ def scale(g: BodyGeometry, t: Thresholds) -> list[Finding]:
 
 
 def noise(g: BodyGeometry, t: Thresholds) -> list[Finding]:
-    """Heavy noise: a jagged spine chain (median second difference along the chain, in torso lengths).
+    """Heavy noise: a spine chain far more jagged than the file's annotations are (each person's annotation noise
+    against the file's, in units of the SpineTrack sigmas; see ``geometry.person_noise``).
 
     The chain is the densest run of points in the layout, and real spines are smooth at that spacing.
     """
     chain = g.sk.spine_chain
     if len(chain) < 5:
         return []
-    xy, ok = g.xy[:, chain], g.usable[:, chain]
-    sd = np.linalg.norm(xy[:, 2:] - 2 * xy[:, 1:-1] + xy[:, :-2], axis=2)
-    okd = ok[:, 2:] & ok[:, 1:-1] & ok[:, :-2]
-    with quiet():
-        rough = np.where(okd.sum(1) >= 3, np.nanmedian(np.where(okd, sd, np.nan), axis=1) / g.torso, np.nan)
-    thr = adaptive(rough, t.noise, t.mad_k)
-    bad = rough > thr
+    level = person_noise(g)
+    thr = max(t.noise, t.noise_ratio * g.noise)
+    bad = level > thr
     return findings_from_mask("noise", "error", bad, g.persons.ann_ids, g.persons.image_ids,
-                              lambda r: f"spine chain jagged beyond plausible (roughness {rough[r]:.2f} torso "
-                                        f"lengths, limit {thr:.2f})", scores=rough,
+                              lambda r: f"spine chain jagged beyond plausible (noise {level[r]:.2f} x the "
+                                        f"annotators' spread, limit {thr:.2f})", scores=level,
                               keypoints=[g.sk.names[i] for i in chain])
 
 

@@ -76,16 +76,16 @@ def test_shipped_model_is_the_build_scripts_output(tmp_path):
 def test_shipped_thresholds_are_the_calibration_output():
     shipped = rules.Thresholds.load()
     meta = shipped.meta
-    t = calibrate(meta["n_images"], seed=meta["seed"], noise=meta["noise_torso_fraction"],
+    t = calibrate(meta["n_images"], seed=meta["seed"], noise_levels=tuple(meta["noise_levels"]),
                   target_rate=meta["target_rate"])
-    assert t.rules == pytest.approx(shipped.rules, rel=1e-9)
-    assert t.segments == pytest.approx(shipped.segments, rel=1e-9)
+    assert json.loads(json.dumps(t.to_json()["rules"])) == shipped.rules
+    assert json.loads(json.dumps(t.to_json()["segments"])) == shipped.segments
     assert meta["model_sha256"] == t.meta["model_sha256"]
 
 
 @pytest.fixture(scope="module")
 def plausible():
-    return plausible_sample(700, seed=4242, noise=0.01, fk="numpy")
+    return plausible_sample(700, seed=4242, noise=0.1)
 
 
 def test_plausible_poses_rarely_fail(plausible):
@@ -98,12 +98,63 @@ def test_plausible_poses_rarely_fail(plausible):
         assert flagged[post == p].mean() < 0.04, p
 
 
-@pytest.mark.parametrize("kind", ["order", "bend", "displace"])
-def test_corrupted_spines_are_caught(kind):
-    ds, _ = plausible_sample(300, seed={"order": 1, "bend": 2, "displace": 3}[kind], noise=0.01, fk="numpy")
+@pytest.mark.parametrize("kind,recall", [("order", 0.8), ("bend", 0.95), ("displace", 0.8)])
+def test_corrupted_spines_are_caught(kind, recall):
+    ds, f = plausible_sample(300, seed={"order": 1, "bend": 2, "displace": 3}[kind], noise=0.1)
     applies = corrupt_spines(ds, kind, np.random.default_rng(5))
-    plaus = rules.plausibility(ds)
-    assert (plaus[applies] < 1).mean() >= 0.93
+    plaus = rules.plausibility(ds, noise=f.noise)  # every chain is corrupted here: the clean file's noise level
+    assert (plaus[applies] < 1).mean() >= recall
+
+
+def test_noise_level_measures_the_annotation_noise():
+    from spinetrack_tools.biomech.geometry import noise_level
+
+    measured = [plausible_sample(150, seed=8, noise=c)[1].noise for c in (0.0, 0.25, 0.5, 1.0)]
+    assert measured == sorted(measured) and measured[0] < 0.25
+    assert abs(measured[2] - 0.5) < 0.1 and measured[3] > 0.85
+    ds, _ = plausible_sample(5, seed=8, noise=0.5)
+    assert noise_level(BodyGeometry(ds)) == 0.25  # too few chains to measure: the default
+
+
+def test_bounds_widen_with_the_annotation_noise(plausible):
+    ds, f = plausible
+    t = rules.Thresholds.load()
+    quiet, noisy = rules.features(ds, noise=0.1), rules.features(ds, noise=0.6)
+    for rule in ("spine_curvature", "spine_order", "spine_attachment"):
+        assert np.nanmedian(t.bound(rule, noisy)) > np.nanmedian(t.bound(rule, quiet)), rule
+    assert np.nanmedian(t.bound("left_hip-left_knee", noisy)) > np.nanmedian(t.bound("left_hip-left_knee", quiet))
+
+
+def test_population_has_builds_habits_and_curves():
+    from spinetrack_tools.biomech.population import sample_bodies, spine_curves
+
+    model = default_model()
+    rng = np.random.default_rng(0)
+    b = sample_bodies(model, 2000, rng)
+    assert set(b.sex) == {"female", "male"}
+    knee, hip = model.marker_names.index("left_knee"), model.marker_names.index("left_hip")
+    thigh = b.markers[:, hip, 1] - b.markers[:, knee, 1]
+    assert 0.03 < thigh.std() / thigh.mean() < 0.15  # ANSUR II's spread (widened), not one body
+    spine = [model.marker_names.index(m) for m in ("spine_01", "spine_04")]
+    assert np.ptp(b.markers[:, spine, 2], axis=0).min() > 0.04  # deep to the skin line of the back
+    exact = sample_bodies(model, 3, rng, proportions=False, habits=False)
+    assert np.allclose(exact.markers, model.markers[None])
+    curves = np.rad2deg(spine_curves(model, 500, rng))
+    assert 20 < curves[:, model.body("thorax_top")].mean() * 3 < 60  # kyphosis about 40 degrees
+
+
+def test_people_from_an_independent_generator_rarely_fail():
+    """A regression guard on the population calibration (the benchmark has the figures): people with other
+    proportions, spine placements and conventions (tests/posegen.py) pass both checks."""
+    from spinetrack_tools.persons import Persons
+    from spinetrack_tools.quality import flag
+
+    from .posegen import generate
+
+    p = Persons.from_coco(generate(500, seed=31, noise=0.15))
+    bio = np.isin(p.ann_ids, list(rules.check(p).flagged_annotation_ids()))
+    fl = np.isin(p.ann_ids, list(flag(p).flagged_annotation_ids()))
+    assert bio.mean() < 0.03 and fl.mean() < 0.02
 
 
 def test_findings_name_rules_keypoints_and_plausibility(plausible):
@@ -120,8 +171,8 @@ def test_findings_name_rules_keypoints_and_plausibility(plausible):
     assert 0 < f.score < 1 and f.values["plausibility"] == f.score
 
 
-def test_deep_fit_separates_plausible_from_bent(plausible):
-    ds, _ = plausible
+def test_deep_fit_separates_plausible_from_bent():
+    ds, _ = plausible_sample(60, seed=4242, noise=0.05, population=False)  # the model's own body: what it fits
     fitter = PoseFitter()
     g = BodyGeometry(ds)
     chain = SPINETRACK37.spine_chain
@@ -166,4 +217,5 @@ def test_cli_validate_biomech(tmp_path, plausible):
 def test_thresholds_file_is_complete():
     t = json.loads(THRESHOLDS_PATH.read_text())
     assert set(t["rules"]) == {r for r in rules.RULES if r != "segment_length"}
-    assert t["meta"]["fk"] == "opensim" and t["meta"]["flag_rate_on_calibration_set"] <= 0.011
+    assert t["meta"]["flag_rate_on_calibration_set"] <= 0.011 and len(t["meta"]["noise_levels"]) >= 3
+    assert all({"exact", "per_noise"} <= set(b) for b in [*t["rules"].values(), *t["segments"].values()])

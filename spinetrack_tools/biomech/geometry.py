@@ -86,7 +86,7 @@ def torso_fraction() -> float:
 class BodyGeometry:
     """Per-person quantities shared by the label checks: usable points, segment lengths, stature, torso."""
 
-    def __init__(self, persons: Persons):
+    def __init__(self, persons: Persons, noise: float | None = None):
         self.persons = persons
         sk = persons.skeleton
         kp = persons.keypoints
@@ -117,6 +117,10 @@ class BodyGeometry:
         self.stature = np.where(np.isfinite(stature) & (stature > 0), stature, box_stature)
         self.torso = torso_fraction() * self.stature
         self.box_diag = np.hypot(box[:, 2], box[:, 3])
+        # the OKS scale s = sqrt(area): annotators' spread of keypoint k is about sigma_k x s
+        area = np.where(np.isfinite(persons.areas) & (persons.areas > 0), persons.areas, 0.53 * box[:, 2] * box[:, 3])
+        self.scale = np.sqrt(area)
+        self.noise = noise_level(self) if noise is None else float(noise)  # the file's annotation noise
 
     def point(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
         """[N, 2] coordinates of a keypoint or midpoint and its usable mask (None if the layout lacks it)."""
@@ -162,6 +166,44 @@ class BodyGeometry:
         cur = np.linalg.norm(pl - cl, axis=1) + np.linalg.norm(pr - cr, axis=1)
         swp = np.linalg.norm(pl - cr, axis=1) + np.linalg.norm(pr - cl, axis=1)
         return cur, swp, a & b & c & d
+
+
+DEFAULT_NOISE = 0.25  # annotation noise assumed for files too small to measure it (x sigma_k x sqrt(area))
+HALF_NORMAL_MEDIAN = 0.6744897501960817  # median of |N(0, 1)|
+
+
+def person_noise(g: BodyGeometry) -> np.ndarray:
+    """[N] each person's annotation noise in units of the SpineTrack sigmas (noise x sigma_k x sqrt(area) per
+    coordinate), from the spine chain: the median over its interior points of each one's offset from the line
+    through its two neighbours, over what that noise would give it (real spines are smooth at the chain's
+    spacing, so the offsets are mostly noise); NaN with fewer than three such points."""
+    n = len(g.persons)
+    chain = g.sk.spine_chain
+    if len(chain) < 3:
+        return np.full(n, np.nan)
+    xy, ok = g.xy[:, chain], g.usable[:, chain]
+    sig = g.sk.sigmas[chain]
+    a, m, b = xy[:, :-2], xy[:, 1:-1], xy[:, 2:]
+    ab = b - a
+    length = np.linalg.norm(ab, axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        off = np.abs(ab[..., 0] * (m - a)[..., 1] - ab[..., 1] * (m - a)[..., 0]) / length
+        unit = g.scale[:, None] * np.sqrt(sig[1:-1] ** 2 + 0.25 * sig[:-2] ** 2 + 0.25 * sig[2:] ** 2)[None]
+        ok3 = ok[:, 2:] & ok[:, 1:-1] & ok[:, :-2] & (unit > 0) & (length > 0)
+    with quiet():
+        per = np.nanmedian(np.where(ok3, off / unit, np.nan), axis=1) / HALF_NORMAL_MEDIAN
+    return np.where(ok3.sum(axis=1) >= 3, per, np.nan)
+
+
+def noise_level(g: BodyGeometry, min_persons: int = 20, default: float = DEFAULT_NOISE) -> float:
+    """The file's annotation noise (see ``person_noise``): the median over its persons (robust to the corrupted
+    few); ``default`` for files with fewer than ``min_persons`` measurable chains; at most 1 (the annotators'
+    whole spread)."""
+    per = person_noise(g)
+    per = per[np.isfinite(per)]
+    if len(per) < min_persons:
+        return default
+    return float(min(np.median(per), 1.0))
 
 
 def point_segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

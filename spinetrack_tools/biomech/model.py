@@ -193,13 +193,18 @@ def euler(angles: np.ndarray) -> np.ndarray:
     return rot(0, angles[..., 0]) @ rot(2, angles[..., 1]) @ rot(1, angles[..., 2])
 
 
-def forward_kinematics(model: KinematicModel, angles: np.ndarray,
-                       root: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def forward_kinematics(model: KinematicModel, angles: np.ndarray, root: np.ndarray | None = None,
+                       joints: np.ndarray | None = None,
+                       markers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Markers [N, M, 3] and body rotations [N, B, 3, 3] for joint angles [N, B, 3].
 
     ``root`` [N, 3, 3] rotates the whole body about the pelvis joint centre, which stays at the origin.
+    ``joints`` [N, B, 3] and ``markers`` [N, M, 3] give each person its own rest geometry (a scaled body,
+    see ``population``) instead of the model's.
     """
     n, nb = angles.shape[:2]
+    J = np.broadcast_to(model.joints if joints is None else joints, (n, nb, 3))
+    M = np.broadcast_to(model.markers if markers is None else markers, (n, len(model.marker_names), 3))
     local = euler(angles)
     rw = np.empty((n, nb, 3, 3))
     pw = np.empty((n, nb, 3))
@@ -210,7 +215,7 @@ def forward_kinematics(model: KinematicModel, angles: np.ndarray,
             pw[:, b] = 0.0
         else:
             rw[:, b] = rw[:, p] @ local[:, b]
-            pw[:, b] = pw[:, p] + np.einsum("nij,j->ni", rw[:, p], model.joints[b] - model.joints[p])
+            pw[:, b] = pw[:, p] + np.einsum("nij,nj->ni", rw[:, p], J[:, b] - J[:, p])
     mb = model.marker_body
-    pts = pw[:, mb] + np.einsum("nmij,mj->nmi", rw[:, mb], model.markers - model.joints[mb])
+    pts = pw[:, mb] + np.einsum("nmij,nmj->nmi", rw[:, mb], M - J[:, mb])
     return pts, rw

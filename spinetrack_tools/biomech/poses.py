@@ -17,6 +17,7 @@ import numpy as np
 from ..persons import Persons, images_table
 from ..skeleton import SPINETRACK37, Skeleton
 from .model import KinematicModel, default_model, forward_kinematics, rot
+from .population import sample_bodies, spine_curves
 
 POSTURES = ("standing", "sitting", "bending", "lying", "inverted")
 
@@ -140,11 +141,14 @@ class Scene:
 
 def pose_scene(num_images: int, seed: int = 0, persons_per_image: tuple[int, int] = (1, 3),
                model: KinematicModel | None = None, skeleton: Skeleton = SPINETRACK37,
-               postures: Sequence[str] = POSTURES, fk: str = "auto", spread: float = 0.45) -> Scene:
+               postures: Sequence[str] = POSTURES, fk: str = "auto", spread: float = 0.45,
+               population: bool = False) -> Scene:
     """``num_images`` images with posed, projected persons placed side by side. Deterministic for a seed.
 
     Points outside the image get v=0 and x=y=0; self-occluded points v=1. Image ids are 1..I, file names
-    ``<id:012d>.jpg``; annotation ids run from 1 over the persons with a labelled point.
+    ``<id:012d>.jpg``; annotation ids run from 1 over the persons with a labelled point. With ``population``
+    every person has its own proportions and annotator habits (``population.sample_bodies``; the model's
+    numpy forward kinematics, which equals OpenSim's).
     """
     model = model or default_model()
     if model.marker_names != skeleton.names:
@@ -154,7 +158,14 @@ def pose_scene(num_images: int, seed: int = 0, persons_per_image: tuple[int, int
     counts = rng.integers(lo, hi + 1, num_images)
     n = int(counts.sum())
     angles, root, postures_ = sample_poses(model, n, rng, postures, spread)
-    pts, body_rot = posed_markers(model, angles, root, fk)
+    if population:
+        prng = np.random.default_rng([seed, 1])
+        bodies = sample_bodies(model, n, prng)
+        angles = angles.copy()
+        angles[..., 0] += spine_curves(model, n, prng)
+        pts, body_rot = forward_kinematics(model, angles, root, bodies.joints, bodies.markers)
+    else:
+        pts, body_rot = posed_markers(model, angles, root, fk)
     stature = rng.uniform(1.5, 1.95, n)
     pts *= stature[:, None, None]  # metres
     cams = random_cameras(n, rng)

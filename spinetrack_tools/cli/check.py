@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from .common import EXIT_ERRORS, BadInput, emit, report_options, resolve_skeleton
+from .common import EXIT_ERRORS, BadInput, emit, noise_option, report_options, resolve_skeleton
+
+NOISE_LEVELS = (0.1, 0.2, 0.35, 0.5, 0.75)  # biomech.calibrate.NOISE_LEVELS (kept here: --help stays light)
 
 
 @click.command()
@@ -33,8 +35,10 @@ def validate(file: Path, images_dir: Path | None, report_path: Path | None, as_j
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--clean-out", "clean_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Write FILE without the annotations flagged at error severity.")
+@noise_option
 @report_options
-def flag(file: Path, report_path: Path | None, clean_path: Path | None, as_json: bool, skeleton_name: str) -> None:
+def flag(file: Path, report_path: Path | None, clean_path: Path | None, noise: float | None, as_json: bool,
+         skeleton_name: str) -> None:
     """Flag corrupted labels in FILE, a COCO keypoint JSON.
 
     Detectors: keypoints at (0,0) marked labelled, points far outside the image or their box,
@@ -46,7 +50,7 @@ def flag(file: Path, report_path: Path | None, clean_path: Path | None, as_json:
     from ..quality import flag as run_flag
 
     ds = load_coco(file, skeleton=resolve_skeleton(skeleton_name))
-    report = run_flag(ds.persons)
+    report = run_flag(ds.persons, noise=noise)
     if clean_path is not None:
         bad = report.flagged_annotation_ids("error")
         keep = [int(a) not in bad for a in ds.persons.ann_ids]
@@ -66,9 +70,10 @@ def flag(file: Path, report_path: Path | None, clean_path: Path | None, as_json:
                    "(about 0.5 s each): per-keypoint residuals and coordinates pinned at range limits.")
 @click.option("--thresholds", "thresholds_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Calibrated thresholds (default: the shipped opensim_models/thresholds.json).")
+@noise_option
 @report_options
-def validate_biomech(file: Path, deep: bool, thresholds_path: Path | None, report_path: Path | None,
-                     as_json: bool, skeleton_name: str) -> None:
+def validate_biomech(file: Path, deep: bool, thresholds_path: Path | None, noise: float | None,
+                     report_path: Path | None, as_json: bool, skeleton_name: str) -> None:
     """Check the biomechanical plausibility of FILE's annotations (no OpenSim needed).
 
     Fast 2D rules whose bounds were calibrated with OpenSim forward kinematics of the SpineTrack model
@@ -87,7 +92,7 @@ def validate_biomech(file: Path, deep: bool, thresholds_path: Path | None, repor
         thresholds = Thresholds.load(thresholds_path) if thresholds_path else Thresholds.load()
     except (OSError, ValueError, KeyError) as e:
         raise BadInput(f"{thresholds_path}: unreadable thresholds ({e})") from None
-    report = check(ds, thresholds)
+    report = check(ds, thresholds, noise)
     if deep:
         rows = np.flatnonzero(np.isin(ds.ann_ids, list(report.flagged_annotation_ids("error"))))
         report.extend(deep_findings(ds, rows))
@@ -106,17 +111,22 @@ def biomech() -> None:
 @click.option("--images", "num_images", default=20000, show_default=True, type=click.IntRange(100),
               help="Synthetic images of plausible poses (1-3 persons each).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--noise", default=0.01, show_default=True, type=click.FloatRange(0, 0.2),
-              help="Annotation noise, as a fraction of the torso length.")
+@click.option("--noise-levels", default=",".join(map(str, NOISE_LEVELS)), show_default=True,
+              help="Annotation noise levels to calibrate the widening for (x sigma_k x sqrt(area)), comma-separated.")
 @click.option("--target-rate", default=0.01, show_default=True, type=click.FloatRange(0.0001, 0.2),
-              help="Share of plausible annotations allowed to fail some rule.")
-def calibrate(out: Path | None, num_images: int, seed: int, noise: float, target_rate: float) -> None:
-    """Calibrate the 2D rules with OpenSim forward kinematics (needs the opensim extra)."""
+              help="Share of plausible annotations allowed to fail some rule, at every noise level.")
+def calibrate(out: Path | None, num_images: int, seed: int, noise_levels: str, target_rate: float) -> None:
+    """Calibrate the 2D rules over a population (ANSUR II builds, annotator habits, noise levels) posed within
+    the OpenSim model's ranges of motion."""
     from ..biomech.calibrate import calibrate as run_calibrate
     from ..biomech.model import THRESHOLDS_PATH
     from ..io import save_json
 
-    t = run_calibrate(num_images, seed=seed, noise=noise, target_rate=target_rate)
+    try:
+        levels = tuple(sorted(float(x) for x in noise_levels.split(",") if x.strip()))
+    except ValueError:
+        raise click.BadParameter("expected numbers, e.g. 0.1,0.2,0.5", param_hint="--noise-levels") from None
+    t = run_calibrate(num_images, seed=seed, noise_levels=levels, target_rate=target_rate)
     path = out or THRESHOLDS_PATH
     save_json(path, t.to_json(), indent=True)
     click.echo(f"wrote {path}: {t.meta['annotations']} plausible annotations, "

@@ -67,6 +67,13 @@ def report_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                         help="Write the findings as JSON ({'summary': ..., 'findings': [...]}).")(fn)
 
 
+def noise_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--noise", type=click.FloatRange(0, 1), default=None,
+                        help="Annotation noise to allow for, as a multiple of the annotators' spread (the "
+                             "SpineTrack sigmas x sqrt(area)); default: measured on the file's spine chains "
+                             "(0.25 for files with fewer than 20).")(fn)
+
+
 def emit(report: Any, as_json: bool, report_path: Path | None) -> None:
     """Write the report where asked and print it (table, or JSON with --json)."""
     from ..io import dumps_json
