@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS metrics (round INTEGER, grp TEXT, ap REAL, ar REAL, l
 """
 _REQUIRED = {"data": ("images", "pool", "val", "val_images"), "model": ("onnx",),
              "labelstudio": ("project", "server_dir"), "selection": ("strategy", "batch_size"), "hooks": ("retrain",)}
+# optional keys and their defaults (a workspace written before them keeps working)
+DEFAULTS = {"labelstudio": {"maximum_annotations": 1}, "gate": {"deep": True, "agreement": 0.5}}
 
 
 def _check_config(path: Path, config: dict[str, Any]) -> None:
@@ -66,6 +68,18 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
         raise InputError(path, f"unknown strategy {sel['strategy']!r}; known: {', '.join(STRATEGY_NAMES)}")
     if not isinstance(sel["batch_size"], int) or isinstance(sel["batch_size"], bool) or sel["batch_size"] < 1:
         raise InputError(path, f"batch_size must be a positive integer, not {sel['batch_size']!r}")
+    for section, keys in DEFAULTS.items():
+        for key, default in keys.items():
+            config.setdefault(section, {}).setdefault(key, default)
+    m = config["labelstudio"]["maximum_annotations"]
+    if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+        raise InputError(path, f"[labelstudio] maximum_annotations (annotators per task) must be a positive integer, "
+                               f"not {m!r}")
+    if not isinstance(config["gate"]["deep"], bool):
+        raise InputError(path, f"[gate] deep must be true or false, not {config['gate']['deep']!r}")
+    a = config["gate"]["agreement"]
+    if not isinstance(a, (int, float)) or isinstance(a, bool) or not 0 <= a <= 1:
+        raise InputError(path, f"[gate] agreement (the least OKS between annotators) must be in [0, 1], not {a!r}")
 
 
 @dataclass
@@ -197,6 +211,19 @@ class Workspace:
                            [(Status.REJECTED, json.dumps(r[:10]), i) for i, r in rejected.items()])
             self._mark(db, n, "gate")
 
+    def record_deleted(self, image_ids: Iterable[int]) -> None:
+        """Samples whose Label Studio task was deleted: back in the pool, without a task or round."""
+        with self._db() as db:
+            db.executemany("UPDATE samples SET status = ?, round = NULL, task_id = NULL, reasons = NULL "
+                           "WHERE image_id = ? AND status != ?", [(Status.POOL, i, Status.MERGED) for i in image_ids])
+
+    def review_queue(self) -> list[dict[str, Any]]:
+        """The samples in review (rejected by the gate): image, file, round, task and reasons, by image id."""
+        with self._db() as db:
+            return [{**dict(r), "reasons": json.loads(r["reasons"] or "[]")} for r in db.execute(
+                "SELECT image_id, file_name, round, task_id, reasons FROM samples WHERE status = ? ORDER BY image_id",
+                (Status.REJECTED,))]
+
     def task_ids(self) -> dict[int, int]:
         """image id -> Label Studio task id of every pushed sample."""
         with self._db() as db:
@@ -258,9 +285,11 @@ class Workspace:
 def init(path: Path, pool_images: Path, boxes: Path, labeled: Path, val: Path, model: Path,
          checkpoint: Path | None = None, val_images: Path | None = None, strategy: str = DEFAULT_STRATEGY,
          batch_size: int = 50, project: str | None = None, retrain: str = DEFAULT_RETRAIN,
-         labelstudio_url: str = "", server_dir: Path | None = None, seed: int = 0) -> Workspace:
+         labelstudio_url: str = "", server_dir: Path | None = None, seed: int = 0, annotators: int = 1,
+         agreement: float = 0.5) -> Workspace:
     """Create a workspace (refuses an existing one). ``boxes`` lists the pool images and their person
-    boxes; ``labeled`` (dataset version 0) and the pool share the images folder."""
+    boxes; ``labeled`` (dataset version 0) and the pool share the images folder. ``annotators`` per task
+    (Label Studio's maximum_annotations) whose labels the gate wants to agree at OKS ``agreement``."""
     path = path.resolve()
     if (path / CONFIG).exists():
         raise InputError(path, "a workspace already exists here")
@@ -278,9 +307,11 @@ def init(path: Path, pool_images: Path, boxes: Path, labeled: Path, val: Path, m
                  "val_images": str((val_images or pool_images).resolve())},
         "model": {"onnx": str(model.resolve()), **({"checkpoint": str(checkpoint.resolve())} if checkpoint else {})},
         "labelstudio": {"project": project or f"spinetrack-al-{path.name}", "url": labelstudio_url,
-                        "server_dir": str((server_dir or path / "labelstudio").resolve())},
+                        "server_dir": str((server_dir or path / "labelstudio").resolve()),
+                        "maximum_annotations": annotators},
         "selection": {"strategy": strategy, "batch_size": batch_size, "seed": seed},
         "hooks": {"retrain": retrain},
+        "gate": {"deep": True, "agreement": agreement},
     }
     _check_config(path / CONFIG, config)
     atomic_write_bytes(path / CONFIG, tomli_w.dumps(config).encode())
