@@ -63,8 +63,9 @@ def main() -> None:
     fast, _, _ = rejected(ds, False, t)
     deep, dt, fitted = rejected(ds, True, t)
     post = ds.attrs["posture"].astype(str)
+    ratio = deep.mean() / max(fast.mean(), 1e-9)
     print(f"  {'all postures':34s} fast only {fast.mean():7.2%}   two-stage {deep.mean():7.2%}   ({len(ds)} "
-          f"annotations; {fitted} fitted, {dt / max(fitted, 1):.2f} s each; ratio {deep.mean() / max(fast.mean(), 1e-9):.2f})")
+          f"annotations; {fitted} fitted, {dt / max(fitted, 1):.2f} s each; two-stage / fast {ratio:.2f})")
     for p in sorted(set(post)):
         m = post == p
         print(f"    {p:32s} fast only {fast[m].mean():7.2%}   two-stage {deep[m].mean():7.2%}   ({int(m.sum())})")

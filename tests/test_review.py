@@ -5,7 +5,6 @@ round killed while it merges."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -92,7 +91,8 @@ def test_two_annotators_reviewer_decisions_and_a_round_killed_while_merging(labe
     assert set(a) == set(b) and a != b  # the second annotator clicks with noise
     for key in a:
         assert np.allclose(got[key], np.median([a[key], b[key]], axis=0), atol=1e-6), key
-    assert all(p["annotators"] == 2 and 0 < p["agreement"] <= 1 for p in pulled["annotations"] if p["image_id"] == other)
+    assert all(p["annotators"] == 2 and 0 < p["agreement"] <= 1
+               for p in pulled["annotations"] if p["image_id"] == other)
 
     # a reviewer confirms the flagged image; round 2 brings a deleted task and an unknown choice
     decide(info, tasks[bent_image], CONFIRM)

@@ -109,8 +109,8 @@ def gate(pulled: CocoFile, pull_findings: list[dict[str, Any]], reviews: dict[in
                 {"check": f.check, "annotation_id": f.annotation_id, "message": f.message,
                  "keypoints": f.keypoints} for f in found]}
         elif found:
-            note = [f"{CONFIRM!r} cannot overrule {', '.join(sorted({f.check for f in found if not overridable(f.check)}))}"
-                    ] if decision == CONFIRM else []
+            fixed = sorted({f.check for f in found if not overridable(f.check)})
+            note = [f"{CONFIRM!r} cannot overrule {', '.join(fixed)}"] if decision == CONFIRM else []
             out.rejected[iid] = note + [f.message for f in found]
     return out
 

@@ -27,7 +27,8 @@ def keypoint_stats(round_dirs: Iterable[Path], skeleton: Skeleton) -> dict[str, 
     import pandas as pd
 
     dirs = [Path(d) for d in round_dirs]
-    tables = [AgreementTable.from_json(load_json(d / "agreement.json")) for d in dirs if (d / "agreement.json").is_file()]
+    tables = [AgreementTable.from_json(load_json(d / "agreement.json")) for d in dirs
+              if (d / "agreement.json").is_file()]
     names = list(skeleton.names)
     k = len(names)
     if tables:

@@ -290,8 +290,9 @@ def stage_merge(ws: Workspace, n: int, echo: Echo) -> bool:
               "annotations": [a for a in prev["annotations"] if a["image_id"] not in kept_ids] + anns}
     save_json(target, merged)  # atomic: a complete file from a killed run is replaced
     ws.record_merge(n, version + 1, target, len(merged["images"]), len(merged["annotations"]), kept_ids)
+    by_review = f", {len(overridden)} images by review override" if overridden else ""
     echo(f"round {n}: dataset version {version + 1} -> {target} ({len(merged['images'])} images, "
-         f"{len(merged['annotations'])} persons{f', {len(overridden)} images by review override' if overridden else ''})")
+         f"{len(merged['annotations'])} persons{by_review})")
     return True
 
 

@@ -99,11 +99,12 @@ def status_cmd(ws_path: Path, as_json: bool) -> None:
             click.echo(f"  {rnd:5d} {next(iter(row.values()))['labelled_images']:8d} " +
                        " ".join(f"{row[g]['ap']:8.3f}" if g in row else " " * 8 for g in groups))
         click.echo(f"  learning curve: {out['learning_curve']}")
-    click.echo(f"  review queue: {len(queue)} images" + (" (in Label Studio: decide 'plausible as drawn' or fix the "
-                                                          "labels; the next round's pull picks it up)" if queue else ""))
+    hint = " (in Label Studio: decide 'plausible as drawn' or fix the labels; the next round's pull picks it up)"
+    click.echo(f"  review queue: {len(queue)} images" + (hint if queue else ""))
     for q in queue[:20]:
+        more = f" (+{len(q['reasons']) - 1} more)" if len(q["reasons"]) > 1 else ""
         click.echo(f"    image {q['image_id']} ({q['file_name']}, round {q['round']}, task {q['task_id']}): "
-                   f"{(q['reasons'] or ['?'])[0]}" + (f" (+{len(q['reasons']) - 1} more)" if len(q["reasons"]) > 1 else ""))
+                   f"{(q['reasons'] or ['?'])[0]}{more}")
     if len(queue) > 20:
         click.echo(f"    ... {len(queue) - 20} more (--json lists all)")
     if annotators is not None:

@@ -11,6 +11,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -211,16 +212,10 @@ class Connection:
         """Submit an annotation of a task as the connection's user."""
         _retry(lambda: self.ls.annotations.create(id=task, result=result), "creating an annotation", self.url)
 
-    def update_annotation(self, annotation: int, result: list[dict[str, Any]]) -> None:
-        """Change an annotation's result, as the editor's Update button does."""
-        self._raw("PATCH", f"api/annotations/{annotation}/", body={"result": result})
-
-    @property
+    @cached_property
     def user_id(self) -> int:
         """The Label Studio user id of the connection's key (``completed_by`` of its annotations)."""
-        if "_user_id" not in self.__dict__:
-            self.__dict__["_user_id"] = int(_retry(lambda: self.ls.users.whoami(), "who am I", self.url).id)
-        return self.__dict__["_user_id"]
+        return int(_retry(lambda: self.ls.users.whoami(), "who am I", self.url).id)
 
     def invite_token(self) -> str:
         """The organization's invitation token (the ``?token=`` of its signup link)."""
