@@ -29,19 +29,24 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "
 DEFAULT_GROUPS = ("overall", "body", "feet", "spine")
 
 
+def keypoint_similarity(a: np.ndarray, b: np.ndarray, area: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """[..., K] OKS terms exp(-d^2 / (2 * area * (2 sigma)^2)) between paired points ``a`` and ``b`` [..., K, >=2]
+    of persons with ``area`` [...]."""
+    var = (2 * np.asarray(sigmas)) ** 2
+    d2 = ((a[..., :2] - b[..., :2]) ** 2).sum(axis=-1)
+    return np.exp(-d2 / (2 * np.maximum(area, np.spacing(1))[..., None] * var))
+
+
 def oks(gt: np.ndarray, dt: np.ndarray, area: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
     """OKS between paired persons: ``gt`` and ``dt`` [N, K, 3], ``area`` [N] of the ground truth.
 
     Mean of exp(-d^2 / (2 * area * (2 sigma)^2)) over the ground truth's labelled points (v > 0);
     NaN where the ground truth has no labelled point.
     """
-    var = (2 * np.asarray(sigmas)) ** 2
-    d2 = ((gt[..., :2] - dt[..., :2]) ** 2).sum(axis=-1)
-    e = d2 / (2 * np.maximum(area, np.spacing(1))[:, None] * var[None])
     vis = gt[..., 2] > 0
     n = vis.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, (np.exp(-e) * vis).sum(axis=1) / n, np.nan)
+        return np.where(n > 0, (keypoint_similarity(gt, dt, area, sigmas) * vis).sum(axis=1) / n, np.nan)
 
 
 def evaluate(gt: Persons, dt: Persons, groups: Sequence[str] = DEFAULT_GROUPS,

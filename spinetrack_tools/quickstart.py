@@ -25,8 +25,9 @@ QUICK_RETRAIN = ("{python} -m spinetrack_tools train --train {train} --images {i
 
 def run(work_dir: Path, images: int = 500, rounds: int = 3, batch_size: int = 60, val_images: int = 120,
         labelled: int = 40, seed: int = 0, strategy: str = DEFAULT_STRATEGY, launch_browser: bool = False,
-        echo: Callable[[str], None] = print) -> dict:
-    """Run the demo in ``work_dir``; returns the AP per round."""
+        echo: Callable[[str], None] = print, annotators: int = 2) -> dict:
+    """Run the demo in ``work_dir``; returns the AP per round. ``annotators``: simulated annotators per task
+    (Label Studio users with their own keys and noise; their consensus is merged)."""
     from .active_learning import simulate
     from .active_learning.rounds import connect, run_round
     from .active_learning.workspace import Workspace, init
@@ -58,13 +59,17 @@ def run(work_dir: Path, images: int = 500, rounds: int = 3, batch_size: int = 60
     ws = Workspace.open(ws_path) if (ws_path / "config.toml").exists() else init(
         ws_path, data / "images", data / "boxes.json", data / "labeled.json", val_path, MODEL,
         CHECKPOINT if CHECKPOINT.is_file() else None, data / "val_images", strategy, batch_size,
-        "spinetrack-quickstart", QUICK_RETRAIN, server_dir=work_dir / "labelstudio", seed=seed)
+        "spinetrack-quickstart", QUICK_RETRAIN, server_dir=work_dir / "labelstudio", seed=seed,
+        annotators=annotators)  # issue 15: several annotators per task
     echo(f"4. workspace {ws.path} ({strategy}, {batch_size} images per round)")
     truth = ds.persons
 
+    members: list = []  # issue 15: the simulated annotators, signed up once
+
     def annotate(w: Workspace, n: int) -> None:
-        conn, _ = connect(w)
-        simulate.annotate(conn, w.config["labelstudio"]["project"], truth, set(w.round_samples(n)), tolerance=0.01)
+        if not members:
+            members.extend(simulate.team(connect(w)[0], w.config["labelstudio"]["maximum_annotations"], tolerance=0.01))
+        simulate.annotate(members, w.config["labelstudio"]["project"], truth, set(w.round_samples(n)))
 
     for n in range(1, rounds + 1):
         echo(f"5.{n} round {n}")

@@ -22,7 +22,8 @@ RETRAIN = ("{python} -m spinetrack_tools train --train {train} --images {images}
            "{val_images} --init {init} --out {out} --epochs 1 --max-samples 8 --batch-size 4")
 
 
-def make_workspace(root: Path, name: str, info, batch: int = 6) -> tuple[Path, dict, dict]:
+def make_workspace(root: Path, name: str, info, batch: int = 6,
+                   extra: tuple[str, ...] = ()) -> tuple[Path, dict, dict]:
     pytest.importorskip("torch")
     data = root / name
     pool = synth.generate(24, seed=5, image_dir=data / "images", fk="numpy")
@@ -39,7 +40,8 @@ def make_workspace(root: Path, name: str, info, batch: int = 6) -> tuple[Path, d
                         str(data / "val.json"), "--val-images", str(data / "val_images"), "--model",
                         str(ROOT / "models" / "spinetrack_synth.onnx"), "--checkpoint",
                         str(ROOT / "models" / "spinetrack_synth.pt"), "--batch-size", str(batch), "--project", name,
-                        "--labelstudio-url", info.url, "--retrain", RETRAIN], env=env, capture_output=True, text=True)
+                        "--labelstudio-url", info.url, "--retrain", RETRAIN, *extra], env=env, capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stderr
     return ws, env, pool
 
@@ -65,7 +67,7 @@ def test_a_round_end_to_end(label_studio):
     assert "0 of 6 images annotated" in r.stdout and "waiting for annotations" in r.stdout
     assert cli(env, "al-round", "--iter", "2", "--workspace", str(ws)).returncode == 2  # round 1 first
     r = cli(env, "annotate-sim", "--workspace", str(ws), "--truth", str(ws.parent / "truth.json"))
-    assert r.returncode == 0 and "6 tasks annotated" in r.stdout
+    assert r.returncode == 0 and "6 annotations submitted" in r.stdout
     r = cli(env, "al-round", "--iter", "1", "--workspace", str(ws))
     assert r.returncode == 0, r.stderr
     assert "round 1: done" in r.stdout
@@ -90,7 +92,7 @@ def _kill_at(env: dict, ws: Path, stage: str, info, project: str, n: int = 1) ->
     w = Workspace.open(ws)
     reached = {"push-mid": lambda: w.stage(n) == "predict" and n_tasks(info, project) > 0,
                "pull-mid": lambda: (w.round_dir(n) / "pulled.json").is_file(),
-               "merge-mid": lambda: (ws / "datasets" / "labeled_v001.json").is_file(),
+               "merge-mid": lambda: (ws / "datasets" / f"labeled_v{n:03d}.json").is_file(),
                "retrain": lambda: (w.round_dir(n) / "train.log").is_file()}[stage]
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not reached():

@@ -132,7 +132,7 @@ def test_a_round_from_photos_with_no_boxes_labels_or_validation_set(label_studio
     broken = chosen[0]["id"]
     (data / "truth.json").write_text(json.dumps(people_in(chosen, {broken})))
     r = cli(env, "annotate-sim", "--workspace", ws, "--truth", data / "truth.json")
-    assert r.returncode == 0 and "3 tasks annotated" in r.stdout, r.stderr
+    assert r.returncode == 0 and "3 annotations submitted" in r.stdout, r.stderr
     r = cli(env, "al-round", "--iter", 1, "--workspace", ws)
     assert r.returncode == 0, r.stderr
     assert "gate passed 2 images, sent 1 back" in r.stdout and "retrain skipped" in r.stdout

@@ -187,6 +187,30 @@ def test_deep_fit_separates_plausible_from_bent():
     assert set(res.coordinates) == {n for _, _, n in default_model().coordinate_names()}
 
 
+def test_deep_fit_jacobian_is_the_derivative_of_the_projection():
+    fitter = PoseFitter()
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.uniform(fitter.lo, fitter.hi, (3, fitter.nq)), rng.uniform(-3, 3, (3, 3)),
+                        np.log(rng.uniform(100, 400, (3, 1))), rng.uniform(0, 500, (3, 2))], 1)
+    obs, w, torso = rng.uniform(0, 500, (3, 37, 2)), np.ones((3, 37)), np.full(3, 100.0)
+    r, jac = fitter._residuals(x, obs, w, torso, jacobian=True)
+    h = 1e-6
+    fd = np.stack([(fitter._residuals(x + h * np.eye(x.shape[1])[p], obs, w, torso)[0] - r) / h
+                   for p in range(x.shape[1])], -1)
+    assert np.abs(fd - jac).max() < 1e-4 * np.abs(jac).max()
+
+
+def test_batched_fit_equals_one_at_a_time(plausible):
+    ds, _ = plausible
+    fitter = PoseFitter()
+    g = BodyGeometry(ds)
+    rows = np.arange(3)
+    batch = fitter.fit_batch(ds.keypoints[rows], g.stature[rows])
+    for i, r in enumerate(rows):
+        one = fitter.fit(ds.keypoints[r], float(g.stature[r]))
+        assert np.allclose(one.residuals, batch.residuals[i], equal_nan=True, atol=1e-9)
+
+
 def test_cli_validate_biomech(tmp_path, plausible):
     ds, _ = plausible
     data = ds.to_coco()

@@ -186,3 +186,37 @@ def test_edits_report_kept_moved_added_removed():
     assert by["nose"]["edit"] == "moved" and abs(by["nose"]["distance_px"] - 3) < 1e-9
     assert by["nose"]["origin"] == "prediction-changed"
     assert by["left_eye"]["edit"] == "removed" and by["right_eye"]["edit"] == "added"
+
+
+def test_every_annotator_counts_with_their_latest_annotation_and_the_review_decision():
+    from spinetrack_tools.labelstudio.convert import annotations_of, review_decision
+
+    kp = np.zeros((K, 3))
+    kp[0] = (50, 50, 2)
+    task = to_labelstudio(people([[0, 0, 100, 100]], [kp], [4]))[0]
+    res = task["predictions"][0]["result"]
+    moved = copy.deepcopy(res)
+    next(r for r in moved if r["type"] == "keypointlabels")["value"]["x"] += 100 * 4 / 640
+
+    def review(choice):
+        return [{"id": "rv", "from_name": "review", "to_name": "image", "type": "choices",
+                 "value": {"choices": [choice]}}]
+
+    task["annotations"] = [
+        {"id": 1, "completed_by": 7, "result": res, "updated_at": "2026-01-01T00:00:00Z", "was_cancelled": False},
+        {"id": 2, "completed_by": 9, "result": moved + review("needs fixing"), "updated_at": "2026-01-02T00:00:00Z",
+         "was_cancelled": False},
+        {"id": 3, "completed_by": 7, "result": res + review("plausible as drawn"),
+         "updated_at": "2026-01-03T00:00:00Z", "was_cancelled": False},
+        {"id": 4, "completed_by": 9, "result": [], "updated_at": "2026-01-04T00:00:00Z", "was_cancelled": True},
+    ]
+    assert [a["id"] for a in annotations_of(task)] == [3, 2]
+    choice, ann = review_decision(task)
+    assert choice == "plausible as drawn" and ann["id"] == 3
+    persons, findings = from_labelstudio([task])
+    assert findings == [] and len(persons) == 2 and persons.attrs["annotator"].tolist() == [7, 9]
+    assert persons.attrs["ls_annotation"].tolist() == [3, 2] and persons.ann_ids.tolist() == [4, 4]
+    assert abs(persons.keypoints[1, 0, 0] - persons.keypoints[0, 0, 0] - 4) < 1e-9
+    by = {(e["annotator"], e["keypoint"]): e for e in edits(task)}
+    assert by[(7, "nose")]["edit"] == "kept" and by[(9, "nose")]["edit"] == "moved"
+    assert abs(by[(9, "nose")]["distance_px"] - 4) < 1e-9

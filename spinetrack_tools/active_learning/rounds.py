@@ -153,7 +153,8 @@ def stage_push(ws: Workspace, n: int, echo: Echo) -> bool:
     conn, root = connect(ws)
     images = ws.data("images")
     tasks = to_labelstudio(preds, image_url(root, images), f"round-{n}")
-    res = push(conn, ws.config["labelstudio"]["project"], tasks, images, root, f"round-{n}", pool.skeleton)
+    res = push(conn, ws.config["labelstudio"]["project"], tasks, images, root, f"round-{n}", pool.skeleton,
+               maximum_annotations=ws.config["labelstudio"]["maximum_annotations"])
     ws.record_pushed(n, {**res.existing, **res.created})
     echo(f"round {n}: {len(res.created)} tasks pushed to Label Studio ({len(res.existing)} were there already); "
          f"project {ws.config['labelstudio']['project']!r}, model_version round-{n}")
@@ -162,21 +163,32 @@ def stage_push(ws: Workspace, n: int, echo: Echo) -> bool:
 
 def stage_pull(ws: Workspace, n: int, echo: Echo, wait: bool, annotate: Callable | None, poll_s: float,
                timeout_s: float) -> bool:
+    """Every annotator's labels of the round's tasks (and of those in review), their consensus, agreement,
+    edits and review decisions, kept in the round folder; a task deleted in Label Studio puts its image back in
+    the pool."""
+    from ..agreement import AgreementTable
     from ..labelstudio.client import pull
 
     conn, _ = connect(ws)
-    wanted = ws.awaiting(n)
+    project = ws.config["labelstudio"]["project"]
+    need = int(ws.config["labelstudio"]["maximum_annotations"])
     deadline = time.monotonic() + timeout_s
     while True:
         if annotate is not None:
             annotate(ws, n)
-        res = pull(conn, ws.config["labelstudio"]["project"], None, sample_ids=set(wanted))
-        done = set(res.persons.images["file_name"])
-        save_coco(ws.round_dir(n) / "pulled.json", res.persons)
-        save_json(ws.round_dir(n) / "edits.json", res.edits)
-        Report("label studio pull", res.findings).write_json(ws.round_dir(n) / "pull_findings.json")
+        wanted = _drop_deleted(ws, n, conn, project, echo)
+        res = pull(conn, project, None, sample_ids=set(wanted))
+        d = ws.round_dir(n)
+        save_coco(d / "pulled.json", res.persons)
+        save_coco(d / "annotations.json", _annotator_rows(res.annotations))
+        save_json(d / "agreement.json", AgreementTable.of(res.persons, res.agreement).to_json())
+        save_json(d / "review.json", {str(k): v for k, v in sorted(res.reviews.items())}, indent=True)
+        save_json(d / "edits.json", res.edits)
+        Report("label studio pull", res.findings).write_json(d / "pull_findings.json")
+        done = {f for f in wanted if res.annotators.get(f, 0) >= need}
         missing = set(wanted) - done
-        echo(f"round {n}: {len(done)} of {len(wanted)} images annotated in Label Studio")
+        who = f" by {need} annotators" if need > 1 else ""
+        echo(f"round {n}: {len(done)} of {len(wanted)} images annotated{who} in Label Studio")
         if not missing:
             break
         if not wait:
@@ -185,46 +197,89 @@ def stage_pull(ws: Workspace, n: int, echo: Echo, wait: bool, annotate: Callable
         if time.monotonic() > deadline:
             raise InputError(ws.path, f"timed out waiting for {len(missing)} annotations")
         time.sleep(poll_s)
+    for f in res.findings:
+        if f.check == "ls_unknown_review":
+            echo(f"round {n}: {f.message}")
     ws.record_labelled(n, [wanted[f] for f in done])
+    from .review import write_report
+
+    write_report(ws.path, sorted(ws.path.glob("rounds/*/")), res.persons.skeleton)
     return True
+
+
+def _drop_deleted(ws: Workspace, n: int, conn: Any, project: str, echo: Echo) -> dict[str, int]:
+    """What round ``n`` pulls (``ws.awaiting``), without the samples whose task was deleted in Label Studio:
+    those go back to the pool, each with a message."""
+    wanted = ws.awaiting(n)
+    tasks = ws.task_ids()
+    present = set(conn.sample_ids(conn.project_id(project)))
+    gone = {f: i for f, i in wanted.items() if f not in present and i in tasks}
+    for f, i in sorted(gone.items()):
+        echo(f"round {n}: task {tasks[i]} (image {f}) was deleted in Label Studio; the image is back in the pool")
+    if gone:
+        ws.record_deleted(gone.values())
+    return {f: i for f, i in wanted.items() if f not in gone}
+
+
+def _annotator_rows(labels: Persons) -> Persons:
+    """Every annotator's labels with unique ids, the consensus person's id kept as ``person``."""
+    from dataclasses import replace
+
+    return replace(labels, ann_ids=np.arange(1, len(labels) + 1),
+                   attrs={**labels.attrs, "person": labels.ann_ids.copy()})
 
 
 # gate and merge ----------------------------------------------------------------------------------------------
 def stage_gate(ws: Workspace, n: int, echo: Echo, send_back: bool = True) -> bool:
-    """validate and validate-biomech on the corrections; images with errors go back for review
-    (tagged in Label Studio when ``send_back``)."""
-    from ..biomech.rules import check
-    from ..validate import validate
+    """validate, the two-stage biomechanical check, the annotators' agreement and the reviewers' decisions on
+    the corrections (``gate.gate``); images with errors go back for review (tagged in Label Studio when
+    ``send_back``), those a reviewer confirmed are merged with their findings."""
+    from ..agreement import AgreementTable
+    from .gate import gate
 
-    pulled = load_coco(ws.round_dir(n) / "pulled.json")
-    report = validate(pulled, expected=pulled.persons.skeleton)
-    report.extend(check(pulled.persons).findings)
-    bad: dict[int, list[str]] = {}
-    for f in report.findings:
-        if f.severity == "error" and f.image_id is not None:
-            bad.setdefault(int(f.image_id), []).append(f.message)
-    for f in load_json(ws.round_dir(n) / "pull_findings.json")["findings"]:
-        if f["severity"] == "error" and f.get("image_id") is not None:
-            bad.setdefault(int(f["image_id"]), []).append(f["message"])
-    report.write_json(ws.round_dir(n) / "gate_report.json")
-    if bad and send_back:
-        _send_back(ws, bad)
-    ws.record_gate(n, bad)
-    echo(f"round {n}: gate passed {len(pulled.persons.images) - len(bad)} images, sent {len(bad)} back for review")
+    d = ws.round_dir(n)
+    pulled = load_coco(d / "pulled.json")
+    table = AgreementTable.from_json(load_json(d / "agreement.json")) if (d / "agreement.json").is_file() else None
+    reviews = {int(k): v for k, v in (load_json(d / "review.json") if (d / "review.json").is_file() else {}).items()}
+    cfg = ws.config["gate"]
+    res = gate(pulled, load_json(d / "pull_findings.json")["findings"], reviews, table, float(cfg["agreement"]),
+               bool(cfg["deep"]))
+    res.report.write_json(d / "gate_report.json")
+    save_json(d / "gate.json", res.to_json(), indent=True)
+    if send_back and (res.rejected or res.overridden):
+        _send_back(ws, res.rejected, res.overridden, echo)
+    ws.record_gate(n, res.rejected)
+    explained = sum(f.severity == "warning" and "deep fit explains" in f.message for f in res.report.findings)
+    extra = [f"{len(res.overridden)} confirmed by a reviewer"] * bool(res.overridden) + \
+        [f"{explained} fast-rule findings explained by the deep fit"] * bool(explained)
+    echo(f"round {n}: gate passed {len(pulled.persons.images) - len(res.rejected)} images, sent {len(res.rejected)} "
+         "back for review" + (f" ({'; '.join(extra)})" if extra else ""))
     return True
 
 
-def _send_back(ws: Workspace, bad: dict[int, list[str]]) -> None:
-    """Tag the Label Studio tasks with the reasons (visible in the task data) so annotators fix them."""
+def _send_back(ws: Workspace, bad: dict[int, list[str]], confirmed: dict[int, Any], echo: Echo) -> None:
+    """Tag the Label Studio tasks with the reasons (visible in the task data and the labeling view) so annotators
+    fix them or a reviewer decides, and the confirmed ones as merged; a task deleted meanwhile is reported and
+    left out."""
+    from ..labelstudio.client import NotFound
+
     conn, _ = connect(ws)
     tasks = ws.task_ids()
-    for image_id, reasons in bad.items():
+    notes = {i: "needs review: " + "; ".join(r[:5]) for i, r in bad.items()}
+    notes.update({i: "confirmed by a reviewer: merged with its findings" for i in confirmed})
+    for image_id, note in sorted(notes.items()):
         if image_id in tasks:
-            conn.update_task_data(tasks[image_id], review="needs review: " + "; ".join(reasons[:5]))
+            try:
+                conn.update_task_data(tasks[image_id], review=note)
+            except NotFound:
+                echo(f"  task {tasks[image_id]} (image {image_id}) is no longer in Label Studio; the next pull puts "
+                     "it back in the pool")
 
 
 def stage_merge(ws: Workspace, n: int, echo: Echo) -> bool:
-    """A new dataset version: the previous one plus this round's passing labels, with provenance."""
+    """A new dataset version: the previous one plus this round's passing labels, with provenance (round,
+    model version, source, annotators and their agreement; ``via: review-override`` and the findings for
+    the images a reviewer confirmed)."""
     done = ws.dataset_of_round(n)
     if done is not None:  # registered by a run killed before the stage mark
         ws.mark(n, "merge", dataset=done)
@@ -233,6 +288,8 @@ def stage_merge(ws: Workspace, n: int, echo: Echo) -> bool:
     target = ws.path / "datasets" / f"labeled_v{version + 1:03d}.json"
     prev = load_json(prev_path)
     pulled = load_json(ws.round_dir(n) / "pulled.json")
+    gate_file = ws.round_dir(n) / "gate.json"
+    overridden = load_json(gate_file)["overridden"] if gate_file.is_file() else {}
     rejected = set(ws.ids_with(Status.REJECTED))
     keep = [im for im in pulled["images"] if im["id"] not in rejected]
     kept_ids = {im["id"] for im in keep}
@@ -241,15 +298,23 @@ def stage_merge(ws: Workspace, n: int, echo: Echo) -> bool:
     anns = []
     for a in pulled["annotations"]:
         if a["image_id"] in kept_ids and a["num_keypoints"] > 0:
-            anns.append({**a, "id": next_id, "provenance": {"round": n, "source_annotation_id": a["id"],
-                                                           "model_version": f"round-{n}", "via": "label-studio"}})
+            a = dict(a)
+            prov = {"round": n, "source_annotation_id": a["id"], "model_version": f"round-{n}", "via": "label-studio",
+                    "annotators": a.pop("annotators", 1), "agreement": a.pop("agreement", None)}
+            review = overridden.get(str(a["image_id"]))
+            if review is not None:
+                prov.update(via=review["via"], review={k: review.get(k) for k in ("decision", "annotator",
+                                                                                  "annotation_id", "updated_at")},
+                            findings=[f for f in review["findings"] if f["annotation_id"] in (a["id"], None)])
+            anns.append({**a, "id": next_id, "provenance": prov})
             next_id += 1
     merged = {**prev, "images": prev["images"] + [im for im in keep if im["id"] not in have],
               "annotations": [a for a in prev["annotations"] if a["image_id"] not in kept_ids] + anns}
     save_json(target, merged)  # atomic: a complete file from a killed run is replaced
     ws.record_merge(n, version + 1, target, len(merged["images"]), len(merged["annotations"]), kept_ids)
+    by_review = f", {len(overridden)} images by review override" if overridden else ""
     echo(f"round {n}: dataset version {version + 1} -> {target} ({len(merged['images'])} images, "
-         f"{len(merged['annotations'])} persons)")
+         f"{len(merged['annotations'])} persons{by_review})")
     return True
 
 

@@ -60,6 +60,8 @@ NO_VAL = ("AP not measured: the workspace has no validation set (add [data] val 
           "later rounds then measure every model, round 0 included)")
 _REQUIRED = {"data": ("images", "pool"), "model": ("onnx",),
              "labelstudio": ("project", "server_dir"), "selection": ("strategy", "batch_size"), "hooks": ("retrain",)}
+# optional keys and their defaults (a workspace written before them keeps working)
+DEFAULTS = {"labelstudio": {"maximum_annotations": 1}, "gate": {"deep": True, "agreement": 0.5}}
 
 
 def _check_config(path: Path, config: dict[str, Any]) -> None:
@@ -77,6 +79,18 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
         raise InputError(path, f"unknown strategy {sel['strategy']!r}; known: {', '.join(STRATEGY_NAMES)}")
     if not isinstance(sel["batch_size"], int) or isinstance(sel["batch_size"], bool) or sel["batch_size"] < 1:
         raise InputError(path, f"batch_size must be a positive integer, not {sel['batch_size']!r}")
+    for section, keys in DEFAULTS.items():
+        for key, default in keys.items():
+            config.setdefault(section, {}).setdefault(key, default)
+    m = config["labelstudio"]["maximum_annotations"]
+    if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+        raise InputError(path, f"[labelstudio] maximum_annotations (annotators per task) must be a positive integer, "
+                               f"not {m!r}")
+    if not isinstance(config["gate"]["deep"], bool):
+        raise InputError(path, f"[gate] deep must be true or false, not {config['gate']['deep']!r}")
+    a = config["gate"]["agreement"]
+    if not isinstance(a, (int, float)) or isinstance(a, bool) or not 0 <= a <= 1:
+        raise InputError(path, f"[gate] agreement (the least OKS between annotators) must be in [0, 1], not {a!r}")
 
 
 @dataclass(frozen=True)
@@ -234,6 +248,19 @@ class Workspace:
                            [(Status.REJECTED, json.dumps(r[:10]), i) for i, r in rejected.items()])
             self._mark(db, n, "gate")
 
+    def record_deleted(self, image_ids: Iterable[int]) -> None:
+        """Samples whose Label Studio task was deleted: back in the pool, without a task or round."""
+        with self._db() as db:
+            db.executemany("UPDATE samples SET status = ?, round = NULL, task_id = NULL, reasons = NULL "
+                           "WHERE image_id = ? AND status != ?", [(Status.POOL, i, Status.MERGED) for i in image_ids])
+
+    def review_queue(self) -> list[dict[str, Any]]:
+        """The samples in review (rejected by the gate): image, file, round, task and reasons, by image id."""
+        with self._db() as db:
+            return [{**dict(r), "reasons": json.loads(r["reasons"] or "[]")} for r in db.execute(
+                "SELECT image_id, file_name, round, task_id, reasons FROM samples WHERE status = ? ORDER BY image_id",
+                (Status.REJECTED,))]
+
     def task_ids(self) -> dict[int, int]:
         """image id -> Label Studio task id of every pushed sample."""
         with self._db() as db:
@@ -298,7 +325,8 @@ def init(path: Path, pool_images: Path, boxes: Path | None = None, labeled: Path
          project: str | None = None, retrain: str = DEFAULT_RETRAIN, labelstudio_url: str = "",
          server_dir: Path | None = None, seed: int = 0, *, detector: str | Path | None = None,
          revision: str | None = None, det_revision: str | None = None, det_score: float | None = None,
-         every: int | None = None, max_frames: int | None = None, frames_dir: Path | None = None) -> Workspace:
+         every: int | None = None, max_frames: int | None = None, frames_dir: Path | None = None,
+         annotators: int = 1, agreement: float = 0.5) -> Workspace:
     """Create a workspace (refuses an existing one; a folder it created is removed again when it fails).
 
     With ``boxes`` (a COCO file listing the pool images and their person boxes) ``pool_images`` is their
@@ -308,6 +336,8 @@ def init(path: Path, pool_images: Path, boxes: Path | None = None, labeled: Path
     ``labeled`` is dataset version 0 (default: none, an empty version 0; its file names relative to the
     images folder); without ``val`` AP is not measured. ``model`` (default ``hub.DEFAULT_POSE``) and the
     detector are released names or ONNX files; a name is stored with the Hub commit it resolves to now.
+    ``annotators`` per task (Label Studio's maximum_annotations) whose labels the gate wants to agree at OKS
+    ``agreement``.
     """
     from ..inference import hub
 
@@ -361,9 +391,11 @@ def init(path: Path, pool_images: Path, boxes: Path | None = None, labeled: Path
                       **({"checkpoint": str(checkpoint.resolve())} if checkpoint else {})},
             **det_cfg,
             "labelstudio": {"project": project or f"spinetrack-al-{path.name}", "url": labelstudio_url,
-                            "server_dir": str((server_dir or path / "labelstudio").resolve())},
+                            "server_dir": str((server_dir or path / "labelstudio").resolve()),
+                            "maximum_annotations": annotators},
             "selection": {"strategy": strategy, "batch_size": batch_size, "seed": seed},
             "hooks": {"retrain": retrain},
+            "gate": {"deep": True, "agreement": agreement},
         }
         _check_config(path / CONFIG, config)
         atomic_write_bytes(path / CONFIG, tomli_w.dumps(config).encode())

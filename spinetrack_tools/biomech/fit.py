@@ -1,11 +1,13 @@
-"""Deep check (``validate-biomech --deep``): fit the model's pose and a camera to one annotation.
+"""Deep check (``validate-biomech --deep``, the gate's second stage): fit the model's pose and a camera.
 
 Parameters: every joint coordinate of the model inside its range of motion, the body's orientation
 (three Euler angles) and a weak-perspective camera (log scale, 2D offset). The forward kinematics is
-the model's numpy export (equal to OpenSim's, tested), batched so that a finite-difference Jacobian
-costs one vectorised call. ``scipy.optimize.least_squares`` (trust region, bounds) runs from four
-starting orientations (front, back, both sides) since depth is ambiguous in 2D; the best fit wins.
-Reported: the residual of each keypoint in torso lengths and the coordinates pinned at a range limit.
+the model's numpy export (equal to OpenSim's, tested) with its exact Jacobian (each coordinate turns the
+markers below it about its joint axis). A batched, bounded Levenberg-Marquardt solves many annotations
+and starting points at once: four starting orientations (front, back, both sides, since depth is
+ambiguous in 2D), then, for every limb the best fit leaves off, a grid of limb postures (an arm or a leg
+reaching forwards or backwards is the same in 2D until the rest of the body decides). Reported: the
+residual of each keypoint in torso lengths and the coordinates pinned at a range limit.
 """
 
 from __future__ import annotations
@@ -19,7 +21,17 @@ from ..io import MISSING_ID
 from ..persons import Persons
 from ..progress import progress
 from .geometry import BodyGeometry, torso_fraction
-from .model import KinematicModel, default_model, euler, forward_kinematics
+from .model import KinematicModel, default_model, euler, kinematics, rot
+
+# torso lengths (scripts/bench_gate.py): the fast rules' false alarms on plausible poses fit within 0.04 along the
+# spine, a chain bent by 20-40% of the torso leaves 0.12-0.34, two swapped chain points 0.04-0.46 (their distance)
+DEEP_SPINE_RESIDUAL = 0.05
+LIMB_RESTART = 0.04  # torso lengths: a limb fitted worse than this is restarted from its grid of postures
+LIMBS = {  # limb -> (bodies whose coordinates restart, start grid in degrees per (body, axis))
+    "arm": (("upper_arm", "forearm"), {("upper_arm", 0): (-150, -90, -30, 30), ("upper_arm", 1): (0, 80),
+                                       ("forearm", 0): (-20, -110)}),
+    "leg": (("thigh", "shank"), {("thigh", 0): (-100, -50, 0), ("thigh", 2): (-30, 30), ("shank", 0): (10, 90)}),
+}
 
 
 @dataclass
@@ -31,118 +43,276 @@ class FitResult:
     evaluations: int
 
 
-class PoseFitter:
-    """Fits ``model`` to 2D keypoints; build once, call ``fit`` per annotation."""
+@dataclass
+class BatchFit:
+    """Fits of N annotations as arrays."""
 
-    def __init__(self, model: KinematicModel | None = None, prior: float = 0.02):
+    residuals: np.ndarray  # [N, K] torso lengths, NaN where not labelled
+    params: np.ndarray  # [N, P] coordinates, orientation, log scale, offset
+    pinned: np.ndarray  # [N, nq] coordinate within 1% of its range from a limit
+    cost: np.ndarray  # [N]
+    iterations: int
+
+
+class PoseFitter:
+    """Fits ``model`` to 2D keypoints; build once, then ``fit`` one annotation or ``fit_batch`` many."""
+
+    def __init__(self, model: KinematicModel | None = None, prior: float = 0.02, iterations: int = 120):
         self.model = model or default_model()
         self.coords = self.model.coordinate_names()
+        self.names = [name for _, _, name in self.coords]
         self.lo = np.array([self.model.ranges[b, a, 0] for b, a, _ in self.coords])
         self.hi = np.array([self.model.ranges[b, a, 1] for b, a, _ in self.coords])
         self.prior = prior
+        self.iterations = iterations
         self.nq = len(self.coords)
+        self.body = np.array([b for b, _, _ in self.coords])
+        self.axis = np.array([a for _, a, _ in self.coords])
+        # marker m moves with coordinate j when j's body is the marker's body or one of its ancestors
+        m = self.model
+        below = np.zeros((len(m.body_names), len(m.body_names)), dtype=bool)  # below[b, c]: c is b or above b
+        for b in range(len(m.body_names)):
+            c = b
+            while c >= 0:
+                below[b, c] = True
+                c = m.parents[c]
+        self.moves = below[m.marker_body][:, self.body].astype(np.float64)  # [M, nq]
+        self.p_lo = np.concatenate([self.lo, [-4 * np.pi] * 3, [-np.inf] * 3])
+        self.p_hi = np.concatenate([self.hi, [4 * np.pi] * 3, [np.inf] * 3])
 
-    def _pose(self, params: np.ndarray) -> np.ndarray:
-        """[P, M, 2] projected markers for parameter vectors [P, nq + 6]."""
-        p = len(params)
-        angles = np.zeros((p, len(self.model.body_names), 3))
-        for i, (b, a, _) in enumerate(self.coords):
-            angles[:, b, a] = params[:, i]
-        root = euler(params[:, self.nq:self.nq + 3])
-        pts, _ = forward_kinematics(self.model, angles, root)
-        scale = np.exp(params[:, self.nq + 3])[:, None, None]
-        xy = np.stack([pts[..., 0], -pts[..., 1]], axis=-1) * scale  # image y points down
-        return xy + params[:, None, self.nq + 4:self.nq + 6]
+    # model and derivatives -----------------------------------------------------------------------------
+    def _project(self, x: np.ndarray, jacobian: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """[P, M, 2] projected markers for parameters [P, nq + 6], and their Jacobian [P, M, 2, nq + 6]."""
+        n, nq = len(x), self.nq
+        angles = np.zeros((n, len(self.model.body_names), 3))
+        angles[:, self.body, self.axis] = x[:, :nq]
+        root_angles = x[:, nq:nq + 3]
+        k = kinematics(self.model, angles, euler(root_angles))
+        scale = np.exp(np.clip(x[:, nq + 3], -30, 30))[:, None, None]
+        flip = np.array([1.0, -1.0])  # image y points down
+        xy = k.markers[..., :2] * flip * scale + x[:, None, nq + 4:nq + 6]
+        if not jacobian:
+            return xy, None
+        omega = k.axes[:, self.body, :, self.axis].transpose(1, 0, 2)[:, None]  # [n, 1, nq, 3]
+        lever = k.markers[:, :, None] - k.centres[:, None, self.body]  # [n, M, nq, 3]
+        # the image-plane components of omega x lever, where the coordinate moves the marker
+        dx = (omega[..., 1] * lever[..., 2] - omega[..., 2] * lever[..., 1]) * self.moves
+        dy = (omega[..., 2] * lever[..., 0] - omega[..., 0] * lever[..., 2]) * self.moves
+        # the body's orientation Rx(r1) Rz(r2) Ry(r3) about the pelvis joint at the origin
+        ex = np.broadcast_to([1.0, 0.0, 0.0], (n, 3))
+        rz = rot(0, root_angles[:, 0]) @ np.array([0.0, 0.0, 1.0])
+        ry = euler(root_angles)[..., 1]
+        w = np.stack([ex, rz, ry], 1)[:, None]  # [n, 1, 3, 3]
+        p = k.markers[:, :, None]
+        rx_ = w[..., 1] * p[..., 2] - w[..., 2] * p[..., 1]
+        ry_ = w[..., 2] * p[..., 0] - w[..., 0] * p[..., 2]
+        s = scale[..., 0]  # [n, 1]
+        jac = np.empty((n, xy.shape[1], 2, nq + 6))
+        jac[:, :, 0, :nq], jac[:, :, 1, :nq] = dx * s[..., None], -dy * s[..., None]
+        jac[:, :, 0, nq:nq + 3], jac[:, :, 1, nq:nq + 3] = rx_ * s[..., None], -ry_ * s[..., None]
+        jac[..., nq + 3] = xy - x[:, None, nq + 4:nq + 6]
+        jac[..., nq + 4:] = np.eye(2)
+        return xy, jac
+
+    def _residuals(self, x: np.ndarray, obs: np.ndarray, w: np.ndarray, torso: np.ndarray,
+                   jacobian: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Weighted keypoint residuals [P, 2M] in torso lengths and their Jacobian [P, 2M, nq + 6]. (The
+        cost adds ``prior`` x the coordinates: a weak pull towards the neutral pose settles the
+        coordinates the keypoints cannot see.)"""
+        xy, jac = self._project(x, jacobian)
+        s = (w / torso[:, None])[..., None]  # [P, M, 1]
+        r = np.nan_to_num(((xy - obs) * s).reshape(len(x), -1))
+        return r, None if jac is None else (jac * s[..., None]).reshape(len(x), -1, x.shape[1])
+
+    def _cost(self, r: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return 0.5 * ((r ** 2).sum(1) + self.prior ** 2 * (x[:, :self.nq] ** 2).sum(1))
+
+    def _solve(self, x: np.ndarray, obs: np.ndarray, w: np.ndarray, torso: np.ndarray,
+               iterations: int) -> tuple[np.ndarray, np.ndarray]:
+        """Bounded Levenberg-Marquardt on every row at once; returns the parameters and costs."""
+        lo, hi, nq = self.p_lo, self.p_hi, self.nq
+        x = np.clip(x, lo, hi)
+        r, j = self._residuals(x, obs, w, torso, jacobian=True)
+        cost = self._cost(r, x)
+        lam = np.full(len(x), 1e-3)
+        active = np.ones(len(x), dtype=bool)
+        stall = np.zeros(len(x), dtype=np.int64)
+        prior = np.zeros(x.shape[1])
+        prior[:nq] = self.prior ** 2
+        diag_idx = np.arange(x.shape[1])
+        for _ in range(iterations):
+            rows = np.flatnonzero(active)
+            if not len(rows):
+                break
+            jr, xr = j[rows], x[rows]
+            g = np.einsum("nrp,nr->np", jr, r[rows]) + prior * xr
+            a = jr.transpose(0, 2, 1) @ jr
+            a[:, diag_idx, diag_idx] += prior
+            # coordinates at a bound that the gradient pushes further out stay where they are
+            frozen = ((xr <= lo + 1e-12) & (g > 0)) | ((xr >= hi - 1e-12) & (g < 0))
+            a[:, diag_idx, diag_idx] *= 1 + lam[rows, None]
+            keep = (~frozen).astype(float)
+            a *= keep[:, :, None] * keep[:, None, :]
+            a[:, diag_idx, diag_idx] += frozen + 1e-12
+            step = -np.linalg.solve(a, (g * keep)[..., None])[..., 0]
+            xn = np.clip(xr + step, lo, hi)
+            rn, _ = self._residuals(xn, obs[rows], w[rows], torso[rows])
+            cn = self._cost(rn, xn)
+            better = cn < cost[rows]
+            gain = np.where(better, (cost[rows] - cn) / np.maximum(cost[rows], 1e-12), 0.0)
+            b = rows[better]
+            if len(b):
+                x[b], r[b], cost[b] = xn[better], rn[better], cn[better]
+                j[b] = self._residuals(x[b], obs[b], w[b], torso[b], jacobian=True)[1]
+            lam[rows] = np.where(better, np.maximum(lam[rows] * 0.3, 1e-7), lam[rows] * 5)
+            stall[rows] = np.where(gain < 1e-6, stall[rows] + 1, 0)
+            active[rows] = (stall[rows] < 6) & (lam[rows] < 1e8)
+        return x, cost
+
+    # fitting -----------------------------------------------------------------------------------------------
+    def fit_batch(self, keypoints: np.ndarray, stature_px: np.ndarray, starts: int = 4,
+                  chunk: int = 64) -> BatchFit:
+        """Fit annotations' [N, K, 3] keypoints (K = the model's markers, same order)."""
+        kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, len(self.model.marker_names), 3)
+        stature_px = np.asarray(stature_px, dtype=np.float64).reshape(len(kp))
+        parts = [self._fit_chunk(kp[i:i + chunk], stature_px[i:i + chunk], starts)
+                 for i in range(0, len(kp), chunk)]
+        if not parts:
+            z = np.zeros((0, self.nq))
+            return BatchFit(np.zeros((0, kp.shape[1])), np.zeros((0, self.nq + 6)), z.astype(bool), np.zeros(0), 0)
+        return BatchFit(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("residuals", "params", "pinned",
+                                                                                   "cost")),
+                        iterations=self.iterations)
+
+    def _fit_chunk(self, kp: np.ndarray, stature_px: np.ndarray, starts: int) -> BatchFit:
+        n = len(kp)
+        lab = (kp[..., 2] > 0) & np.isfinite(kp[..., :2]).all(axis=-1)
+        obs = np.where(lab[..., None], kp[..., :2], 0.0)
+        torso = np.maximum(stature_px * torso_fraction(), 1e-6)
+        w = np.sqrt(lab.astype(float))
+        with np.errstate(invalid="ignore"):
+            centre = np.nan_to_num(np.nanmean(np.where(lab[..., None], obs, np.nan), axis=1))
+        roll = self._roll(obs, lab)
+        q0 = np.clip(0.0, self.lo, self.hi)
+        # every annotation from each starting orientation (yaw k * 2 pi / starts), the best one kept
+        x0 = np.concatenate([np.tile(q0, (n * starts, 1)), np.stack([np.zeros(n * starts), np.repeat(roll, starts),
+                             np.tile(2 * np.pi * np.arange(starts) / starts, n)], 1),
+                             np.repeat(np.log(np.maximum(stature_px, 1e-6)), starts)[:, None],
+                             np.repeat(centre, starts, axis=0)], 1)
+        rep = np.repeat(np.arange(n), starts)
+        x, cost = self._solve(x0, obs[rep], w[rep], torso[rep], self.iterations)
+        best = cost.reshape(n, starts).argmin(1) + np.arange(n) * starts
+        x, cost = x[best], cost[best]
+        x, cost = self._limbs(x, cost, obs, w, lab, torso)
+        xy, _ = self._project(x, jacobian=False)
+        res = np.where(lab, np.linalg.norm(xy - obs, axis=-1) / torso[:, None], np.nan)
+        span = self.hi - self.lo
+        q = x[:, :self.nq]
+        pinned = np.minimum(q - self.lo, self.hi - q) < 0.01 * span
+        return BatchFit(res, x, pinned, cost, self.iterations)
+
+    def _limbs(self, x: np.ndarray, cost: np.ndarray, obs: np.ndarray, w: np.ndarray, lab: np.ndarray,
+               torso: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Restart each limb the fit leaves off (a residual above ``LIMB_RESTART``) from a grid of its
+        postures, the rest of the body as fitted; a restart is kept where the whole fit improves."""
+        names = self.model.body_names
+        for side in ("left", "right"):
+            for limb, (bodies, grid) in LIMBS.items():
+                own = [names.index(f"{side}_{b}") for b in bodies]
+                markers = np.flatnonzero(np.isin(self.model.marker_body, own))
+                xy, _ = self._project(x, jacobian=False)
+                res = np.where(lab[:, markers], np.linalg.norm(xy[:, markers] - obs[:, markers], axis=-1), 0.0)
+                off = np.flatnonzero(res.max(1) / torso > LIMB_RESTART)
+                if not len(off):
+                    continue
+                cols, values = [], []
+                for (body, axis), degrees in grid.items():
+                    j = np.flatnonzero((self.body == names.index(f"{side}_{body}")) & (self.axis == axis))
+                    if len(j):
+                        sign = 1 if side == "left" or axis == 0 else -1  # mirrored about the sagittal plane
+                        cols.append(int(j[0]))
+                        values.append(np.deg2rad(np.array(degrees, dtype=float)) * sign)
+                mesh = np.stack([v.ravel() for v in np.meshgrid(*values, indexing="ij")], 1)  # [G, C]
+                g = len(mesh)
+                xs = np.repeat(x[off], g, axis=0)
+                xs[:, cols] = np.tile(mesh, (len(off), 1))
+                rep = np.repeat(off, g)
+                xs, cs = self._solve(xs, obs[rep], w[rep], torso[rep], self.iterations // 2)
+                pick = cs.reshape(len(off), g).argmin(1) + np.arange(len(off)) * g
+                keep = cs[pick] < cost[off]
+                x[off[keep]], cost[off[keep]] = xs[pick[keep]], cs[pick[keep]]
+        return x, cost
 
     def fit(self, keypoints: np.ndarray, stature_px: float, starts: int = 4) -> FitResult:
         """Fit one annotation's [K, 3] keypoints (K = the model's markers, same order)."""
-        from scipy.optimize import least_squares
+        b = self.fit_batch(keypoints[None], np.array([stature_px]), starts)
+        q = b.params[0, :self.nq]
+        return FitResult(b.residuals[0], [n for n, p in zip(self.names, b.pinned[0]) if p],
+                         {n: float(v) for n, v in zip(self.names, q)}, float(b.cost[0]), b.iterations)
 
-        lab = (keypoints[:, 2] > 0) & np.isfinite(keypoints[:, :2]).all(axis=1)
-        obs = keypoints[:, :2]
-        torso = max(stature_px * torso_fraction(), 1e-6)
-        w = np.sqrt(lab.astype(float))
-
-        def residuals(x: np.ndarray) -> np.ndarray:
-            return self._residuals(x[None], obs, w, torso)[0]
-
-        def jac(x: np.ndarray) -> np.ndarray:
-            h = 1e-6
-            xs = np.repeat(x[None], len(x) + 1, axis=0)
-            xs[1:] += np.eye(len(x)) * h
-            r = self._residuals(xs, obs, w, torso)
-            return ((r[1:] - r[0]) / h).T
-
-        centre = np.nanmean(np.where(lab[:, None], obs, np.nan), axis=0)
-        roll = self._roll(obs, lab)
-        lo = np.concatenate([self.lo, [-4 * np.pi] * 3, [-np.inf] * 3])
-        hi = np.concatenate([self.hi, [4 * np.pi] * 3, [np.inf] * 3])
-        best = None
-        evals = 0
-        for k in range(starts):
-            # body orientation: roll in the image plane from the torso axis, yaw from the start index
-            x0 = np.concatenate([np.clip(0.0, self.lo, self.hi), [0.0, roll, 2 * np.pi * k / starts],
-                                 [np.log(stature_px)], centre])
-            r = least_squares(residuals, x0, jac=jac, bounds=(lo, hi), method="trf", max_nfev=60, x_scale="jac")
-            evals += r.nfev
-            if best is None or r.cost < best.cost:
-                best = r
-        x = best.x
-        xy = self._pose(x[None])[0]
-        res = np.where(lab, np.linalg.norm(xy - obs, axis=1) / torso, np.nan)
-        q = x[:self.nq]
-        span = self.hi - self.lo
-        pinned = [name for (_, _, name), v, a, b, s in zip(self.coords, q, self.lo, self.hi, span)
-                  if min(v - a, b - v) < 0.01 * s]
-        return FitResult(res, pinned, {name: float(v) for (_, _, name), v in zip(self.coords, q)},
-                         float(best.cost), evals)
-
-    def _roll(self, obs: np.ndarray, lab: np.ndarray) -> float:
-        """Rotation about the view axis that turns the model's up into the annotation's hip->neck axis."""
+    def _roll(self, obs: np.ndarray, lab: np.ndarray) -> np.ndarray:
+        """[N] rotation about the view axis that turns the model's up into each annotation's hip->neck axis."""
         names = self.model.marker_names
-        up_pts = [names.index(n) for n in ("neck", "left_shoulder", "right_shoulder") if n in names]
-        low_pts = [names.index(n) for n in ("hip", "left_hip", "right_hip") if n in names]
-        up_ok, low_ok = [i for i in up_pts if lab[i]], [i for i in low_pts if lab[i]]
-        if not up_ok or not low_ok:
-            return 0.0
-        u = obs[up_ok].mean(axis=0) - obs[low_ok].mean(axis=0)
-        return float(np.arctan2(-u[0], -u[1]))
+        up = [names.index(n) for n in ("neck", "left_shoulder", "right_shoulder") if n in names]
+        low = [names.index(n) for n in ("hip", "left_hip", "right_hip") if n in names]
 
-    def _residuals(self, xs: np.ndarray, obs: np.ndarray, w: np.ndarray, torso: float) -> np.ndarray:
-        d = (self._pose(xs) - obs[None]) / torso * w[None, :, None]
-        d = np.nan_to_num(d.reshape(len(xs), -1))
-        prior = self.prior * xs[:, :self.nq]  # weak pull towards the neutral pose for unobservable DOFs
-        return np.concatenate([d, prior], axis=1)
+        def mean(idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+            m = lab[:, idx]
+            return (obs[:, idx] * m[..., None]).sum(1) / np.maximum(m.sum(1), 1)[:, None], m.any(1)
+
+        (pu, ou), (pl, ol) = mean(up), mean(low)
+        u = pu - pl
+        return np.where(ou & ol, np.arctan2(-u[:, 0], -u[:, 1]), 0.0)
 
 
-DEEP_SPINE_RESIDUAL = 0.08  # torso lengths; plausible fits stay under 0.05, a 20% bend leaves 0.14-0.34
+def spine_residual(residuals: np.ndarray, chain: list[int]) -> np.ndarray:
+    """[N] the largest residual along the spine chain (NaN where none of it is labelled)."""
+    r = residuals[:, chain]
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(r).any(1), np.nanmax(np.nan_to_num(r, nan=-np.inf), axis=1), np.nan)
+
+
+def fit_persons(ds: Persons, rows: np.ndarray, fitter: PoseFitter | None = None, chunk: int = 64) -> BatchFit:
+    """The deep fit of the persons at ``rows`` (batched, with progress)."""
+    fitter = fitter or PoseFitter()
+    rows = np.asarray(rows, dtype=np.int64)
+    stature = BodyGeometry(ds).stature
+    parts = [fitter.fit_batch(ds.keypoints[rows[i:i + chunk]], stature[rows[i:i + chunk]], chunk=chunk)
+             for i in progress(range(0, len(rows), chunk), total=-(-len(rows) // chunk),
+                               description="fitting the model (deep check)")]
+    if not parts:
+        return fitter.fit_batch(np.zeros((0, ds.skeleton.num_keypoints, 3)), np.zeros(0))
+    return BatchFit(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("residuals", "params", "pinned",
+                                                                               "cost")), fitter.iterations)
 
 
 def deep_findings(ds: Persons, rows: np.ndarray, fitter: PoseFitter | None = None) -> list[Finding]:
     """Findings of the deep fit of the persons at ``rows``: spine residual and pinned coordinates."""
     fitter = fitter or PoseFitter()
-    g = BodyGeometry(ds)
+    fits = fit_persons(ds, rows, fitter)
     chain = ds.skeleton.spine_chain
     names = ds.skeleton.names
+    spine = spine_residual(fits.residuals, chain)
     out = []
-    for r in progress(rows, total=len(rows), description="fitting the model (deep check)"):
-        res = fitter.fit(ds.keypoints[r], float(g.stature[r]))
+    for i, r in enumerate(np.asarray(rows, dtype=np.int64)):
+        res = fits.residuals[i]
         aid = None if ds.ann_ids[r] == MISSING_ID else int(ds.ann_ids[r])
         iid = None if ds.image_ids[r] == MISSING_ID else int(ds.image_ids[r])
-        per_kp = {names[k]: round(float(v), 4) for k, v in enumerate(res.residuals) if np.isfinite(v)}
-        spine = np.nanmax(res.residuals[chain]) if np.isfinite(res.residuals[chain]).any() else np.nan
-        worst = [names[k] for k in chain if res.residuals[k] > DEEP_SPINE_RESIDUAL]
-        values = {"residuals": per_kp, "pinned": res.pinned}
-        if spine > DEEP_SPINE_RESIDUAL:
+        pinned = [n for n, p in zip(fitter.names, fits.pinned[i]) if p]
+        per_kp = {names[k]: round(float(v), 4) for k, v in enumerate(res) if np.isfinite(v)}
+        values = {"residuals": per_kp, "pinned": pinned}
+        if spine[i] > DEEP_SPINE_RESIDUAL:
+            worst = [names[k] for k in chain if res[k] > DEEP_SPINE_RESIDUAL]
             out.append(Finding("biomech_deep_fit", "error", aid, iid,
-                               f"no pose of the model fits the spine: residual {spine:.2f} torso lengths "
-                               f"(bound {DEEP_SPINE_RESIDUAL})", score=float(spine), keypoints=worst, values=values))
+                               f"no pose of the model fits the spine: residual {spine[i]:.2f} torso lengths "
+                               f"(bound {DEEP_SPINE_RESIDUAL})", score=float(spine[i]), keypoints=worst,
+                               values=values))
         else:
             out.append(Finding("biomech_deep_fit", "info", aid, iid,
-                               f"the model fits: spine residual {spine:.2f} torso lengths", score=float(spine),
+                               f"the model fits: spine residual {spine[i]:.2f} torso lengths", score=float(spine[i]),
                                values=values))
-        if res.pinned:
-            out.append(Finding("biomech_pinned", "warning" if len(res.pinned) > 3 else "info", aid, iid,
-                               f"{len(res.pinned)} coordinates at a range limit: {', '.join(res.pinned[:6])}",
-                               score=float(len(res.pinned)), values={"pinned": res.pinned}))
+        if pinned:
+            out.append(Finding("biomech_pinned", "warning" if len(pinned) > 3 else "info", aid, iid,
+                               f"{len(pinned)} coordinates at a range limit: {', '.join(pinned[:6])}",
+                               score=float(len(pinned)), values={"pinned": pinned}))
     return out

@@ -202,20 +202,42 @@ def forward_kinematics(model: KinematicModel, angles: np.ndarray, root: np.ndarr
     ``joints`` [N, B, 3] and ``markers`` [N, M, 3] give each person its own rest geometry (a scaled body,
     see ``population``) instead of the model's.
     """
+    k = kinematics(model, angles, root, joints, markers)
+    return k.markers, k.rotations
+
+
+@dataclass
+class Kinematics:
+    """Forward kinematics with what its derivatives need: a marker moves by ``axes[b, :, a] x (p - centres[b])``
+    per radian of coordinate (b, a) when body b is the marker's body or one of its ancestors."""
+
+    markers: np.ndarray  # [N, M, 3]
+    rotations: np.ndarray  # [N, B, 3, 3] body rotations in the world
+    centres: np.ndarray  # [N, B, 3] joint centres in the world
+    axes: np.ndarray  # [N, B, 3, 3] world rotation axis (column a) of each body's coordinate a (flex, lat, rot)
+
+
+def kinematics(model: KinematicModel, angles: np.ndarray, root: np.ndarray | None = None,
+               joints: np.ndarray | None = None, markers: np.ndarray | None = None) -> Kinematics:
+    """Forward kinematics of joint angles [N, B, 3] (see ``forward_kinematics``) with joint centres and axes."""
     n, nb = angles.shape[:2]
     J = np.broadcast_to(model.joints if joints is None else joints, (n, nb, 3))
     M = np.broadcast_to(model.markers if markers is None else markers, (n, len(model.marker_names), 3))
     local = euler(angles)
+    flex = rot(0, angles[..., 0])
     rw = np.empty((n, nb, 3, 3))
     pw = np.empty((n, nb, 3))
+    axes = np.empty((n, nb, 3, 3))
+    eye = np.broadcast_to(np.eye(3), (n, 3, 3)) if root is None else root
     for b in range(nb):
         p = model.parents[b]
-        if p < 0:
-            rw[:, b] = local[:, b] if root is None else root @ local[:, b]
-            pw[:, b] = 0.0
-        else:
-            rw[:, b] = rw[:, p] @ local[:, b]
-            pw[:, b] = pw[:, p] + np.einsum("nij,nj->ni", rw[:, p], J[:, b] - J[:, p])
+        parent = eye if p < 0 else rw[:, p]
+        rw[:, b] = parent @ local[:, b]
+        pw[:, b] = 0.0 if p < 0 else pw[:, p] + np.einsum("nij,nj->ni", rw[:, p], J[:, b] - J[:, p])
+        # R = Rp Rx(flex) Rz(lat) Ry(rot): flex turns about Rp x, lat about Rp Rx z, rot about R y
+        axes[:, b, :, 0] = parent[..., 0]
+        axes[:, b, :, 1] = (parent @ flex[:, b])[..., 2]
+        axes[:, b, :, 2] = rw[:, b, :, 1]
     mb = model.marker_body
     pts = pw[:, mb] + np.einsum("nmij,nmj->nmi", rw[:, mb], M - J[:, mb])
-    return pts, rw
+    return Kinematics(pts, rw, pw, axes)

@@ -56,11 +56,16 @@ from .common import LS_DIR, workspace_option
               show_default=True, help="Folder of the local server (`spinetrack labelstudio start --dir`).")
 @click.option("--retrain", help="Retrain command template with {train} {val} {images} {val_images} {init} "
                                 "{model} {out} {python} (default: the reference trainer).")
+@click.option("--annotators", default=1, show_default=True, type=click.IntRange(1),
+              help="Annotators per task (Label Studio's maximum_annotations); their labels are merged by consensus.")
+@click.option("--agreement", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Persons whose annotators agree below this OKS go to review.")
 def init_cmd(workspace: Path, pool_images: Path, boxes: Path | None, detector_arg: str | None,
              det_score: float | None, every: int | None, max_frames: int | None, frames_dir: Path | None,
              labeled: Path | None, val: Path | None, val_images: Path | None, model_arg: str | None,
              revision: str | None, det_revision: str | None, checkpoint: Path | None, strategy: str,
-             batch_size: int, project: str | None, labelstudio_url: str, ls_dir: Path, retrain: str | None) -> None:
+             batch_size: int, project: str | None, labelstudio_url: str, ls_dir: Path, retrain: str | None,
+             annotators: int, agreement: float) -> None:
     """Create an active-learning workspace: config.toml and the state database.
 
     Without --boxes the pool is your own media: images and videos (frames sampled with --every /
@@ -73,7 +78,7 @@ def init_cmd(workspace: Path, pool_images: Path, boxes: Path | None, detector_ar
     ws = init(workspace, pool_images, boxes, labeled, val, model_arg, checkpoint, val_images, strategy, batch_size,
               project, retrain or DEFAULT_RETRAIN, labelstudio_url, server_dir=ls_dir, detector=detector_arg,
               revision=revision, det_revision=det_revision, det_score=det_score, every=every, max_frames=max_frames,
-              frames_dir=frames_dir)
+              frames_dir=frames_dir, annotators=annotators, agreement=agreement)
     c, m, det = ws.counts(), ws.config["model"], ws.config.get("detector")
     click.echo(f"workspace {ws.path}: {c.get('pool', 0)} pool images, {c.get('labelled', 0)} labelled "
                f"(images in {ws.data('images')})")
@@ -116,15 +121,18 @@ def al_round(n: int, ws_path: Path, wait: bool, until: str | None) -> None:
 @workspace_option
 @click.option("--json", "as_json", is_flag=True)
 def status_cmd(ws_path: Path, as_json: bool) -> None:
-    """Rounds, sample counts and AP per group of a workspace."""
+    """Rounds, sample counts, AP per group, the review queue and the annotators' agreement and edits."""
+    from ..active_learning.review import PLOT, REPORT, summary_lines
     from ..active_learning.workspace import Workspace
-
-    from ..io import dumps_json
+    from ..io import dumps_json, load_json
 
     ws = Workspace.open(ws_path)
-    rounds, metrics, notes = ws.rounds(), ws.metrics(), ws.notes()
+    rounds, metrics, notes, queue = ws.rounds(), ws.metrics(), ws.notes(), ws.review_queue()
+    report = ws.path / REPORT
+    annotators = load_json(report) if report.is_file() else None
     out = {"workspace": str(ws.path), "samples": ws.counts(), "rounds": rounds, "metrics": metrics,
-           "notes": notes, "learning_curve": str(ws.path / "learning_curve.png")}
+           "notes": notes, "learning_curve": str(ws.path / "learning_curve.png"), "review_queue": queue,
+           "annotators": annotators, "annotators_report": str(report), "annotators_plot": str(ws.path / PLOT)}
     if as_json:
         click.echo(dumps_json(out, indent=True).decode())
         return
@@ -142,6 +150,18 @@ def status_cmd(ws_path: Path, as_json: bool) -> None:
             click.echo(f"  {rnd:5d} {next(iter(row.values()))['labelled_images']:8d} " +
                        " ".join(f"{row[g]['ap']:8.3f}" if g in row else " " * 8 for g in groups))
         click.echo(f"  learning curve: {out['learning_curve']}")
+    hint = " (in Label Studio: decide 'plausible as drawn' or fix the labels; the next round's pull picks it up)"
+    click.echo(f"  review queue: {len(queue)} images" + (hint if queue else ""))
+    for q in queue[:20]:
+        more = f" (+{len(q['reasons']) - 1} more)" if len(q["reasons"]) > 1 else ""
+        click.echo(f"    image {q['image_id']} ({q['file_name']}, round {q['round']}, task {q['task_id']}): "
+                   f"{(q['reasons'] or ['?'])[0]}{more}")
+    if len(queue) > 20:
+        click.echo(f"    ... {len(queue) - 20} more (--json lists all)")
+    if annotators is not None:
+        for line in summary_lines(annotators):
+            click.echo(f"  {line}")
+        click.echo(f"  per-keypoint agreement and edits: {report} ({ws.path / PLOT})")
 
 
 @click.command("annotate-sim")
@@ -150,18 +170,25 @@ def status_cmd(ws_path: Path, as_json: bool) -> None:
               help="COCO file with the true keypoints of the pool.")
 @click.option("--tolerance", default=0.05, show_default=True, type=click.FloatRange(0),
               help="A predicted point within this fraction of the box size is accepted as it is.")
-def annotate_sim(ws_path: Path, truth_path: Path, tolerance: float) -> None:
-    """SIMULATED annotator (demos, benchmarks): annotate the open tasks from the true keypoints."""
+@click.option("--annotators", type=click.IntRange(1),
+              help="How many simulated annotators, each a Label Studio user with its own key (default: the "
+                   "workspace's maximum_annotations).")
+@click.option("--noise", multiple=True, type=click.FloatRange(0),
+              help="Click noise of each annotator, a fraction of the box size (repeat; default 0, 0.004, 0.008, ...).")
+def annotate_sim(ws_path: Path, truth_path: Path, tolerance: float, annotators: int | None,
+                 noise: tuple[float, ...]) -> None:
+    """SIMULATED annotators (demos, benchmarks): annotate the open tasks from the true keypoints."""
     from ..active_learning.rounds import connect
-    from ..active_learning.simulate import annotate
+    from ..active_learning.simulate import annotate, team
     from ..active_learning.workspace import Workspace
     from ..coco import read_persons
 
     ws = Workspace.open(ws_path)
     truth = read_persons(truth_path)
     conn, _ = connect(ws)
-    n = annotate(conn, ws.config["labelstudio"]["project"], truth, tolerance=tolerance)
-    click.echo(f"simulated annotator: {n} tasks annotated")
+    members = team(conn, annotators or ws.config["labelstudio"]["maximum_annotations"], list(noise), tolerance)
+    n = annotate(members, ws.config["labelstudio"]["project"], truth)
+    click.echo(f"simulated annotators ({len(members)}): {n} annotations submitted")
 
 
 @click.command()
@@ -173,7 +200,10 @@ def annotate_sim(ws_path: Path, truth_path: Path, tolerance: float) -> None:
 @click.option("--batch-size", default=60, show_default=True, type=click.IntRange(1), help="Images per round.")
 @click.option("--strategy", default=DEFAULT_STRATEGY, show_default=True, type=click.Choice(STRATEGY_NAMES))
 @click.option("--seed", default=0, show_default=True, type=int)
-def quickstart(work_dir: Path, rounds: int, num_images: int, batch_size: int, strategy: str, seed: int) -> None:
+@click.option("--annotators", default=2, show_default=True, type=click.IntRange(1),
+              help="Simulated annotators per task (Label Studio users with their own keys and noise).")
+def quickstart(work_dir: Path, rounds: int, num_images: int, batch_size: int, strategy: str, seed: int,
+               annotators: int) -> None:
     """Run the demo: an active-learning loop on synthetic data, end to end.
 
     Synthesise a pool (rendered images with known keypoints), validate and flag it, start Label Studio,
@@ -183,4 +213,4 @@ def quickstart(work_dir: Path, rounds: int, num_images: int, batch_size: int, st
     from ..quickstart import run
 
     run(work_dir, images=num_images, rounds=rounds, batch_size=batch_size, seed=seed, strategy=strategy,
-        echo=click.echo)
+        echo=click.echo, annotators=annotators)

@@ -67,7 +67,7 @@ def flag(file: Path, report_path: Path | None, clean_path: Path | None, noise: f
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--deep", is_flag=True,
               help="Also fit the model's pose and a camera to every annotation the fast rules flag "
-                   "(about 0.5 s each): per-keypoint residuals and coordinates pinned at range limits.")
+                   "(batched, about 0.1-0.3 s each): per-keypoint residuals and coordinates pinned at range limits.")
 @click.option("--thresholds", "thresholds_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Calibrated thresholds (default: the shipped opensim_models/thresholds.json).")
 @noise_option

@@ -112,7 +112,8 @@ def ls_push(coco_path: Path, images_dir: Path, project: str, pred_path: Path | N
 @ls_connection_options
 def ls_pull(project: str, out_path: Path, edits_path: Path | None, report_path: Path | None, url: str | None,
             api_key: str | None, ls_dir: Path) -> None:
-    """Fetch the annotated tasks (latest non-cancelled annotation each) as COCO keypoints."""
+    """Fetch the annotated tasks as COCO keypoints (each annotator's latest non-cancelled annotation; with several
+    annotators per task, their per-keypoint consensus)."""
     from ..findings import Report
     from ..io import load_json, save_json
     from ..labelstudio.client import connect, pull

@@ -11,9 +11,11 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import orjson
 
 from ..findings import Finding
@@ -22,8 +24,8 @@ from ..io import InputError
 from ..persons import Persons
 from ..progress import progress
 from ..skeleton import SPINETRACK37, Skeleton
-from .config import labeling_config
-from .convert import edits, from_labelstudio, latest_annotation
+from .config import REVIEW_CHOICES, labeling_config
+from .convert import annotations_of, annotator_of, edits, from_labelstudio, review_decision
 
 SAMPLING = "Uncertainty sampling"
 TASK_FIELDS = "id,data,annotations,predictions"  # what from_labelstudio and edits read
@@ -32,6 +34,10 @@ WATERMARK_OVERLAP_S = 60  # re-read this much before the watermark: clocks and s
 
 class LabelStudioError(InputError):
     """Label Studio unreachable, a token it rejects, a project that is not there: one line, exit code 2."""
+
+
+class NotFound(LabelStudioError):
+    """Label Studio answered 404: the task, annotation or project is not there (deleted)."""
 
 
 def _retry(fn: Callable[[], Any], what: str, url: str, tries: int = 4) -> Any:
@@ -47,7 +53,7 @@ def _retry(fn: Callable[[], Any], what: str, url: str, tries: int = 4) -> Any:
                 raise LabelStudioError(url, f"{what}: the API key was rejected (HTTP {e.status_code}); check "
                                             "LABEL_STUDIO_API_KEY (legacy token or personal access token)") from None
             if e.status_code == 404:
-                raise LabelStudioError(url, f"{what}: not found (HTTP 404)") from None
+                raise NotFound(url, f"{what}: not found (HTTP 404)") from None
             if e.status_code is not None and e.status_code < 500 or attempt == tries - 1:
                 raise LabelStudioError(url, f"{what}: HTTP {e.status_code}: {str(e.body)[:200]}") from None
         except (httpx.TransportError, OSError) as e:
@@ -61,6 +67,7 @@ def _retry(fn: Callable[[], Any], what: str, url: str, tries: int = 4) -> Any:
 class Connection:
     url: str
     ls: Any  # label_studio_sdk.LabelStudio
+    api_key: str = field(default="", repr=False)
 
     @classmethod
     def open(cls, url: str | None = None, api_key: str | None = None, timeout: float = 120.0) -> "Connection":
@@ -78,7 +85,7 @@ class Connection:
             ls = LabelStudio(base_url=url, api_key=api_key, timeout=timeout)
         except Exception as e:  # the SDK validates a JWT key in its constructor
             raise LabelStudioError(url, f"the API key was rejected ({e})") from None
-        conn = cls(url.rstrip("/"), ls)
+        conn = cls(url.rstrip("/"), ls, api_key)
         _retry(lambda: ls.users.whoami(), "checking the API key", url)
         return conn
 
@@ -104,14 +111,20 @@ class Connection:
                 return int(p.id)
         return None
 
-    def ensure_project(self, title: str, skeleton: Skeleton = SPINETRACK37) -> int:
-        """The project called ``title``, created with the skeleton's config and uncertainty sampling."""
+    def ensure_project(self, title: str, skeleton: Skeleton = SPINETRACK37, maximum_annotations: int = 1) -> int:
+        """The project called ``title``, created with the skeleton's config and uncertainty sampling, asking for
+        ``maximum_annotations`` annotators per task."""
         pid = self.find_project(title)
         if pid is None:
             p = _retry(lambda: self.ls.projects.create(title=title, label_config=labeling_config(skeleton),
-                                                       sampling=SAMPLING, show_collab_predictions=True),
+                                                       sampling=SAMPLING, show_collab_predictions=True,
+                                                       maximum_annotations=maximum_annotations),
                        "creating the project", self.url)
-            pid = int(p.id)
+            return int(p.id)
+        proj = _retry(lambda: self.ls.projects.get(id=pid), "reading the project", self.url)
+        if proj.maximum_annotations != maximum_annotations:
+            _retry(lambda: self.ls.projects.update(id=pid, maximum_annotations=maximum_annotations),
+                   "setting maximum_annotations", self.url)
         return pid
 
     def project_id(self, title: str) -> int:
@@ -172,8 +185,8 @@ class Connection:
             while True:
                 try:
                     data = pending.result()
-                except LabelStudioError as e:
-                    if "404" in str(e) and page > 1:  # past the last page
+                except NotFound:
+                    if page > 1:  # past the last page
                         return
                     raise
                 tasks = data.get("tasks", data) if isinstance(data, dict) else data
@@ -199,10 +212,45 @@ class Connection:
         """Submit an annotation of a task as the connection's user."""
         _retry(lambda: self.ls.annotations.create(id=task, result=result), "creating an annotation", self.url)
 
+    @cached_property
+    def user_id(self) -> int:
+        """The Label Studio user id of the connection's key (``completed_by`` of its annotations)."""
+        return int(_retry(lambda: self.ls.users.whoami(), "who am I", self.url).id)
+
+    def invite_token(self) -> str:
+        """The organization's invitation token (the ``?token=`` of its signup link)."""
+        return str(self._raw("GET", "api/invite")["token"])
+
     def update_task_data(self, task: int, **fields: Any) -> None:
         """Set fields of a task's data (shown in the data manager), keeping the others."""
         data = self._raw("GET", f"api/tasks/{task}")["data"]
         self._raw("PATCH", f"api/tasks/{task}", body={"data": {**data, **fields}})
+
+
+def annotator_key(url: str, email: str, password: str, invite: str) -> str:
+    """The API key of an annotator account, created through the signup page with the organization's invitation
+    (or logged into when it exists), as a person does in the browser before copying the key from Account &
+    Settings."""
+    import httpx
+
+    base = url.rstrip("/")
+    try:
+        with httpx.Client(base_url=base, timeout=60, follow_redirects=False) as web:
+            for page, params in (("/user/signup/", {"token": invite}), ("/user/login/", {})):
+                web.get(page, params=params)
+                form = {"email": email, "password": password, "csrfmiddlewaretoken": web.cookies.get("csrftoken", ""),
+                        "persist_session": "on"}
+                r = web.post(page, params=params, data=form, headers={"Referer": base + page})
+                if r.status_code == 302:  # signed up (or logged in): the session is the user's
+                    break
+            r = web.get("/api/current-user/token")
+    except (httpx.TransportError, OSError) as e:
+        raise LabelStudioError(url, f"signing up {email}: cannot reach Label Studio ({e.__class__.__name__}: {e})") \
+            from None
+    if r.status_code != 200:
+        raise LabelStudioError(url, f"signing up {email}: neither signup nor login worked (HTTP {r.status_code}); "
+                                    "check the password and the invitation")
+    return str(r.json()["token"])
 
 
 def connect(url: str | None = None, api_key: str | None = None, server_dir: Path | None = None,
@@ -239,11 +287,11 @@ class PushResult:
 
 def push(conn: Connection, project_title: str, tasks: list[dict[str, Any]], images_dir: Path,
          document_root: Path, model_version: str, skeleton: Skeleton = SPINETRACK37,
-         batch_size: int = 500) -> PushResult:
-    """Create or reuse the project, register the images, import the tasks that are not there yet
-    (``data.sample_id`` is the key, so pushing twice creates nothing), with their predictions checked
-    against the labeling config first."""
-    pid = conn.ensure_project(project_title, skeleton)
+         batch_size: int = 500, maximum_annotations: int = 1) -> PushResult:
+    """Create or reuse the project (``maximum_annotations`` annotators per task), register the images, import
+    the tasks that are not there yet (``data.sample_id`` is the key, so pushing twice creates nothing), with
+    their predictions checked against the labeling config first."""
+    pid = conn.ensure_project(project_title, skeleton, maximum_annotations)
     conn.ensure_local_storage(pid, images_dir, document_root)
     li = conn.label_interface(pid)
     for t in tasks[:1] + tasks[1::max(1, len(tasks) // 50)]:  # a spread sample: the config is the same for all
@@ -289,33 +337,64 @@ def _minus(stamp: str | None, seconds: float) -> str | None:
 
 @dataclass
 class PullResult:
-    persons: Persons  # the corrected labels, on the annotated tasks' images
+    persons: Persons  # the labels: per person the consensus of the annotators (agreement.consensus)
     findings: list[Finding]
     edits: list[dict[str, Any]]
     watermark: str | None
     tasks: int
+    annotations: Persons  # every annotator's labels (attributes annotator, ls_annotation, drawn)
+    agreement: np.ndarray  # [P, K] agreement between annotators per keypoint of ``persons``
+    annotators: dict[str, int]  # sample id -> how many annotators submitted the task
+    reviews: dict[int, dict[str, Any]]  # image id -> the reviewer's decision (REVIEW_CHOICES), who and when
 
 
 def pull(conn: Connection, project_title: str, since: str | None = None, skeleton: Skeleton = SPINETRACK37,
          sample_ids: set[str] | None = None, first_new_id: int = 1) -> PullResult:
     """Annotated tasks updated after ``since`` (ISO time), converted to COCO with edit statistics.
 
-    The new watermark is the latest annotation time seen; re-pulling from an older watermark returns the
-    same annotations again (the caller merges by annotation id, so pulls are idempotent).
+    Every annotator's latest annotation of a task is kept; the labels are their consensus. A review choice
+    the config does not offer is a finding (the task keeps waiting for a valid decision). The new
+    watermark is the latest annotation time seen; re-pulling from an older watermark returns the same
+    annotations again (the caller merges by annotation id, so pulls are idempotent).
     """
+    from ..agreement import consensus
+
     pid = conn.project_id(project_title)
     ed: list[dict[str, Any]] = []
     stamps: list[str] = []
+    counts: dict[str, int] = {}
+    reviews: dict[int, dict[str, Any]] = {}
+    findings: list[Finding] = []
 
     def annotated() -> Iterator[dict[str, Any]]:  # converted page by page, while the next page loads
         for t in conn.iter_tasks(pid, only_annotated=True, updated_after=_minus(since, WATERMARK_OVERLAP_S)):
-            ann = latest_annotation(t)
-            if ann is not None and (sample_ids is None or str(t["data"].get("sample_id")) in sample_ids):
+            anns = annotations_of(t)
+            sid = str(t["data"].get("sample_id"))
+            if anns and (sample_ids is None or sid in sample_ids):
                 ed.extend(edits(t, skeleton))
-                stamps.append(str(ann.get("updated_at") or ""))
+                stamps.extend(str(a.get("updated_at") or "") for a in anns)
+                counts[sid] = len(anns)
+                _review(t, reviews, findings)
                 yield t
 
     with gc_paused():  # about a million small objects: see gcpause
-        persons, findings = from_labelstudio(annotated(), skeleton, first_new_id=first_new_id)
+        labels, f = from_labelstudio(annotated(), skeleton, first_new_id=first_new_id)
+    c = consensus(labels)
     watermark = max([s for s in stamps if s] + ([since] if since else []), default=None)
-    return PullResult(persons, findings, ed, watermark, len(stamps))
+    return PullResult(c.persons, f + findings, ed, watermark, len(counts), labels, c.agreement, counts, reviews)
+
+
+def _review(task: dict[str, Any], reviews: dict[int, dict[str, Any]], findings: list[Finding]) -> None:
+    """The task's review decision into ``reviews``, or a finding when it is not one the config offers."""
+    choice, ann = review_decision(task)
+    if choice is None or ann is None:
+        return
+    iid = int(task["data"]["image_id"])
+    if choice not in REVIEW_CHOICES:
+        findings.append(Finding("ls_unknown_review", "error", None, iid,
+                                f"task {task.get('id')}: review choice {choice!r} is not one of "
+                                f"{', '.join(map(repr, REVIEW_CHOICES))}; the task stays in review",
+                                values={"task_id": task.get("id"), "annotation_id": ann.get("id")}))
+        return
+    reviews[iid] = {"decision": choice, "task_id": task.get("id"), "annotation_id": ann.get("id"),
+                    "annotator": annotator_of(ann), "updated_at": ann.get("updated_at")}

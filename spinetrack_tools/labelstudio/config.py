@@ -1,8 +1,10 @@
 """The Label Studio labeling config, generated from a ``Skeleton``.
 
 A person rectangle, one keypoint label per joint (explicit hotkeys, ``model_index`` = the joint's index),
-a per-region "occluded" choice (absent = visible, v=2; missing joint = v=0) and no image rotation. No
-``maxUsages``: it counts per task and would block the second person.
+a per-region "occluded" choice (absent = visible, v=2; missing joint = v=0), no image rotation, and the
+per-task review control: the reasons the gate sent the task back (task data ``review``) and a reviewer's
+decision, "plausible as drawn" (merge the labels as they are, the findings kept) or "needs fixing" (keep
+it out until the decision changes). No ``maxUsages``: it counts per task and would block the second person.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ PERSON = "person"
 KEYPOINTS = "kp"
 VISIBILITY = "kp_vis"
 OCCLUDED = "occluded"
+REVIEW = "review"  # the decision control, and the task data field with the gate's reasons
+CONFIRM = "plausible as drawn"
+NEEDS_FIXING = "needs fixing"
+REVIEW_CHOICES = (CONFIRM, NEEDS_FIXING)
 CONFIG_PATH = Path(__file__).resolve().parents[2] / "annotation" / "labeling_config.xml"
 
 _HOTKEYS = "1234567890qwertyuiopasdfghjklzxcvbnm"
@@ -41,6 +47,7 @@ def labeling_config(skeleton: Skeleton = SPINETRACK37) -> str:
         f'    <Label value={quoteattr(name)} model_index="{i}" hotkey={quoteattr(key)} '
         f'background="{_COLORS.get(group_of.get(i, ""), "#4363d8")}"/>'
         for i, (name, key) in enumerate(zip(skeleton.names, hotkeys(len(skeleton.names)))))
+    review = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in REVIEW_CHOICES)
     return f"""<View>
   <Header value="One box per person; place its joints inside it (Regions panel: drag joints under their person)."/>
   <Image name="{IMAGE}" value="$image" zoom="true" zoomControl="true" rotateControl="false"/>
@@ -52,6 +59,11 @@ def labeling_config(skeleton: Skeleton = SPINETRACK37) -> str:
   </KeyPointLabels>
   <Choices name="{VISIBILITY}" toName="{IMAGE}" perRegion="true" visibleWhen="region-selected" choice="single-radio" showInline="true">
     <Choice value="{OCCLUDED}"/>
+  </Choices>
+  <Header value="Review (only for tasks sent back; the gate's reasons follow):" size="6"/>
+  <Text name="{REVIEW}_reasons" value="${REVIEW}"/>
+  <Choices name="{REVIEW}" toName="image" choice="single" showInline="true">
+{review}
   </Choices>
 </View>
 """

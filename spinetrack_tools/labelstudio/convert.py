@@ -6,7 +6,9 @@ per-region ``occluded`` choice for v=1, percentages of the original image size a
 model's confidence as the region ``score`` (clipped to [0, 1], the range Label Studio accepts). Each task carries the image's COCO fields and the persons'
 ``area`` / ``iscrowd`` / ``category_id`` in its data, so the way back restores them exactly. Keypoints
 without a parent go to the unique rectangle containing them; any that cannot be placed, and duplicate
-joints, come back as findings, never dropped silently.
+joints, come back as findings, never dropped silently. Several annotators per task: each annotator's
+latest annotation counts (``annotations_of``), every one kept with its annotator; the per-task review
+decision is read from the latest annotation that carries one (``review_decision``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from ..gcpause import gc_paused
 from ..io import MISSING_ID
 from ..persons import Persons, concat, images_table
 from ..skeleton import SPINETRACK37, Skeleton
-from .config import IMAGE, KEYPOINTS, OCCLUDED, PERSON, VISIBILITY
+from ..agreement import ANNOTATOR, DRAWN
+from .config import IMAGE, KEYPOINTS, OCCLUDED, PERSON, REVIEW, VISIBILITY
 
 KEYPOINT_SIZE = 0.4  # the keypoint region's drawn width in percent (display only)
 
@@ -160,7 +163,7 @@ def to_labelstudio(persons: Persons, image_url: Callable[[dict[str, Any]], str] 
         tasks.append({
             "data": {IMAGE: image_url(image), "sample_id": sample_id(image), "image_id": iid,
                      "file_name": image["file_name"], "width": image["width"], "height": image["height"],
-                     "persons": meta},
+                     "persons": meta, REVIEW: ""},
             "predictions": [{"model_version": model_version, "score": _unit(scores.min()) if len(scores) else 1.0,
                              "result": to_result(persons, mine, W, H)}],
         })
@@ -171,17 +174,53 @@ def _opt(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
+def annotator_of(annotation: dict[str, Any]) -> int:
+    """The Label Studio user id of an annotation's author (``completed_by``; -1 when not given)."""
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):
+        who = who.get("id")
+    return int(who) if isinstance(who, int) and not isinstance(who, bool) else -1
+
+
+def _updated(annotation: dict[str, Any]) -> tuple[str, int]:
+    return str(annotation.get("updated_at") or annotation.get("created_at") or ""), int(annotation.get("id") or 0)
+
+
+def annotations_of(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each annotator's most recently updated annotation of a task that was not cancelled (skipped), by
+    annotator id."""
+    latest: dict[int, dict[str, Any]] = {}
+    for a in task.get("annotations") or []:
+        if a.get("was_cancelled"):
+            continue
+        who = annotator_of(a)
+        if who not in latest or _updated(a) > _updated(latest[who]):
+            latest[who] = a
+    return [latest[w] for w in sorted(latest)]
+
+
 def latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
     """The most recently updated annotation of a task that was not cancelled (skipped)."""
-    anns = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-    if not anns:
-        return None
-    return max(anns, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0))
+    return max(annotations_of(task), key=_updated, default=None)
+
+
+def review_decision(task: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    """The reviewer's choice on a task (from the most recently updated annotation that carries one; it may be
+    a value the config does not offer) and that annotation; (None, None) without a decision."""
+    for a in sorted(annotations_of(task), key=_updated, reverse=True):
+        for r in a.get("result") or []:
+            if r.get("from_name") == REVIEW and r.get("type") == "choices":
+                choices = (r.get("value") or {}).get("choices") or []
+                if choices:
+                    return str(choices[0]), a
+    return None, None
 
 
 def from_labelstudio(tasks: Iterable[dict[str, Any]], skeleton: Skeleton = SPINETRACK37,
                      first_new_id: int = 1) -> tuple[Persons, list[Finding]]:
-    """Labels from annotated tasks (each task's latest non-cancelled annotation), on the tasks' images.
+    """Labels from annotated tasks: every annotator's latest non-cancelled annotation, on the tasks' images,
+    with the attributes ``annotator`` (Label Studio user id), ``ls_annotation`` (its annotation id) and
+    ``drawn`` (a person the annotator drew; ``agreement.consensus`` matches those across annotators).
 
     Persons keep their annotation id, area, iscrowd and category from the task data; persons drawn in
     Label Studio get new ids (above the largest known and ``first_new_id``) and the box area.
@@ -190,25 +229,34 @@ def from_labelstudio(tasks: Iterable[dict[str, Any]], skeleton: Skeleton = SPINE
     parts: list[Persons] = []
     images: list[dict] = []
     for task in tasks:
-        ann = latest_annotation(task)
-        if ann is None:
+        anns = annotations_of(task)
+        if not anns:
             continue
         d = task["data"]
         iid = int(d["image_id"])
         images.append({"id": iid, "file_name": d["file_name"], "width": d["width"], "height": d["height"]})
-        persons, f = from_result(ann.get("result") or [], float(d["width"]), float(d["height"]), skeleton,
-                                 (task.get("id"), iid))
-        findings.extend(f)
         meta = d.get("persons") or {}
-        for r in range(len(persons)):
-            known = meta.get(str(int(persons.ann_ids[r])))
-            if known:
-                persons.areas[r] = np.nan if known["area"] is None else known["area"]
-                persons.iscrowd[r], persons.category_ids[r] = known["iscrowd"], known["category_id"]
-            else:
-                persons.ann_ids[r] = MISSING_ID
-        parts.append(persons)
+        for ann in anns:
+            persons, f = from_result(ann.get("result") or [], float(d["width"]), float(d["height"]), skeleton,
+                                     (task.get("id"), iid))
+            findings.extend(f)
+            drawn = np.zeros(len(persons), dtype=bool)
+            for r in range(len(persons)):
+                known = meta.get(str(int(persons.ann_ids[r])))
+                if known:
+                    persons.areas[r] = np.nan if known["area"] is None else known["area"]
+                    persons.iscrowd[r], persons.category_ids[r] = known["iscrowd"], known["category_id"]
+                else:
+                    persons.ann_ids[r] = MISSING_ID
+                    drawn[r] = True
+            persons.attrs = {ANNOTATOR: np.full(len(persons), annotator_of(ann), dtype=np.int64),
+                             "ls_annotation": np.full(len(persons), int(ann.get("id") or 0), dtype=np.int64),
+                             DRAWN: drawn}
+            parts.append(persons)
     out = concat(parts, skeleton, images=images_table(images))
+    if not parts:
+        out.attrs = {ANNOTATOR: np.zeros(0, np.int64), "ls_annotation": np.zeros(0, np.int64),
+                     DRAWN: np.zeros(0, bool)}
     new = out.ann_ids == MISSING_ID
     start = max(int(out.ann_ids[~new].max(initial=0)) + 1, first_new_id)
     out.ann_ids[new] = start + np.arange(int(new.sum()))
@@ -221,31 +269,34 @@ def latest_prediction(task: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def edits(task: dict[str, Any], skeleton: Skeleton = SPINETRACK37) -> list[dict[str, Any]]:
-    """Per joint of the task's annotation against its prediction: ``kept`` (untouched prediction),
-    ``moved`` (prediction changed, with the correction distance in pixels), ``added`` (not predicted),
-    ``removed`` (predicted, deleted by the annotator), with Label Studio's region ``origin`` when it
-    reports one."""
-    ann, pred = latest_annotation(task), latest_prediction(task)
-    if ann is None:
-        return []
+    """Per joint of each annotator's annotation against the task's prediction: ``kept`` (untouched
+    prediction), ``moved`` (prediction changed, with the correction distance in pixels and, for a
+    pre-annotated person, relative to the square root of its area, the OKS scale), ``added`` (not
+    predicted), ``removed`` (predicted, deleted by the annotator), with the annotation, its annotator and
+    Label Studio's region ``origin`` when it reports one."""
+    pred = latest_prediction(task)
     d = task["data"]
     W, H = float(d["width"]), float(d["height"])
-    got = {_key(r): r for r in ann.get("result") or [] if r.get("type") == "keypointlabels"}
     had = {_key(r): r for r in (pred or {}).get("result") or [] if r.get("type") == "keypointlabels"}
+    meta = d.get("persons") or {}
     out = []
-    for key in sorted(set(got) | set(had)):
-        a, p = got.get(key), had.get(key)
-        e: dict[str, Any] = {"task_id": task.get("id"), "image_id": d.get("image_id"), "region": key[0],
-                             "keypoint": key[1]}
-        if a is not None and p is not None:
-            dist = float(np.hypot((a["value"]["x"] - p["value"]["x"]) / 100 * W,
-                                  (a["value"]["y"] - p["value"]["y"]) / 100 * H))
-            e.update(edit="moved" if dist > 0 else "kept", distance_px=dist)
-        else:
-            e.update(edit="added" if p is None else "removed", distance_px=None)
-        if a is not None and "origin" in a:
-            e["origin"] = a["origin"]
-        out.append(e)
+    for ann in annotations_of(task):
+        got = {_key(r): r for r in ann.get("result") or [] if r.get("type") == "keypointlabels"}
+        for key in sorted(set(got) | set(had)):
+            a, p = got.get(key), had.get(key)
+            e: dict[str, Any] = {"task_id": task.get("id"), "image_id": d.get("image_id"), "region": key[0],
+                                 "keypoint": key[1], "annotation_id": ann.get("id"), "annotator": annotator_of(ann)}
+            if a is not None and p is not None:
+                dist = float(np.hypot((a["value"]["x"] - p["value"]["x"]) / 100 * W,
+                                      (a["value"]["y"] - p["value"]["y"]) / 100 * H))
+                area = (meta.get(key[0][1:]) or {}).get("area") if key[0][:1] == "a" else None
+                e.update(edit="moved" if dist > 0 else "kept", distance_px=dist,
+                         distance_rel=dist / np.sqrt(area) if area else None)
+            else:
+                e.update(edit="added" if p is None else "removed", distance_px=None, distance_rel=None)
+            if a is not None and "origin" in a:
+                e["origin"] = a["origin"]
+            out.append(e)
     return out
 
 
