@@ -18,6 +18,7 @@ import pytest
 
 from spinetrack_tools import synth
 from spinetrack_tools.active_learning.workspace import Workspace
+from spinetrack_tools.io import InputError
 from spinetrack_tools.labelstudio import postgres, server
 from spinetrack_tools.labelstudio.client import Connection, image_url, pull, push
 from spinetrack_tools.labelstudio.convert import to_labelstudio
@@ -49,7 +50,8 @@ def _connect(db: postgres.Database, password: str | None = None):
 
 
 def test_the_private_server_is_loopback_only_not_root_with_a_0600_password(label_studio_pg):
-    info, _, folder = label_studio_pg
+    _, _, folder = label_studio_pg
+    info = server.read_info(folder)  # the servers' current pids (another test restarts them)
     own = postgres.read_info(folder)
     assert own is not None and postgres.running(own)
     db = own.database()
@@ -124,8 +126,8 @@ def test_push_pull_round_trip_survives_killing_both_servers(label_studio_pg):
     first = pull(conn, "pg-roundtrip")
     check(first)
     # both servers killed without warning (no shutdown, PostgreSQL recovers from its log), then started again
-    own = postgres.read_info(folder)
-    _kill_group(info.pid)
+    own, current = postgres.read_info(folder), server.read_info(folder)
+    _kill_group(current.pid)
     _kill_group(own.pid)
     assert not server.status(folder)["running"] and not postgres.running(own)
     again = server.start(folder, root, port=info.port)
@@ -196,3 +198,10 @@ def test_bad_database_options_are_one_line_and_exit_2(tmp_path):
     assert r.returncode == 2 and "not both" in r.stderr and "Traceback" not in r.stderr
     r = _ls("start", "--dir", str(tmp_path / "b"), "--database-url", "mysql://u:secret@h/db")
     assert r.returncode == 2 and "not a PostgreSQL URL" in r.stderr and "secret" not in r.stderr
+
+
+def test_a_running_server_is_not_switched_to_another_database(label_studio_pg):
+    info, root, folder = label_studio_pg
+    with pytest.raises(InputError, match="already runs from here on postgresql://spinetrack@127.0.0.1"):
+        server.start(folder, root, database_url="postgresql://someone:pw@127.0.0.1:1/other")
+    assert server.start(folder, root, postgres=True).pid == server.read_info(folder).pid  # the same one

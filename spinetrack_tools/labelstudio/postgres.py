@@ -183,7 +183,11 @@ def _initdb(bin_dir: Path, home: Path, data: Path, user: pwd.struct_passwd, pass
 
 def initialised(folder: Path) -> bool:
     """Whether ``folder`` has a cluster of ours (made by an earlier ``start``)."""
-    return (folder / "postgres" / "data" / "PG_VERSION").is_file() and (folder / PASSWORD_FILE).is_file()
+    if not (folder / "postgres" / "data" / "PG_VERSION").is_file():
+        return False
+    if not (folder / PASSWORD_FILE).is_file():
+        raise InputError(folder / PASSWORD_FILE, "the PostgreSQL cluster here has lost its password file")
+    return True
 
 
 def start(folder: Path, timeout: float = 60.0) -> PostgresInfo:

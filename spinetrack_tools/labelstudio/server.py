@@ -93,11 +93,14 @@ def start(folder: Path, document_root: Path, port: int | None = None, timeout: f
     """
     folder = folder.resolve()
     document_root = document_root.resolve()
-    info = read_info(folder)
-    if info and _alive(info.pid, info.data_dir) and healthy(info.url):
-        return info
     if postgres and database_url:
         raise InputError(None, "give either --postgres (a server of ours) or --database-url, not both")
+    info = read_info(folder)
+    if info and _alive(info.pid, info.data_dir) and healthy(info.url):
+        wanted = pg.Database.from_url(database_url).url if database_url else "postgresql" if postgres else None
+        if wanted and not info.database.startswith(wanted):
+            raise InputError(folder, f"Label Studio already runs from here on {info.database}: stop it first")
+        return info
     folder.mkdir(parents=True, exist_ok=True)
     postgres = postgres or (not database_url and pg.initialised(folder))
     db = pg.start(folder).database() if postgres else pg.Database.from_url(database_url) if database_url else None
