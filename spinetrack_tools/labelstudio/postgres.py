@@ -159,12 +159,20 @@ def _ready(bin_dir: Path, port: int) -> bool:
     return r.returncode == 0
 
 
+def _write_secret(path: Path, text: str) -> None:
+    """Write ``text`` to a file that is 0600 from its creation on (never readable by others, not even briefly)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # an existing file keeps its mode otherwise
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _initdb(bin_dir: Path, home: Path, data: Path, user: pwd.struct_passwd, password: str) -> None:
     """A new cluster in ``data`` owned by ``user``: superuser USER, password (SCRAM) authentication only."""
     pwfile = home / "initdb.pw"  # readable by the run user only, removed at once
-    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(password + "\n")
+    _write_secret(pwfile, password + "\n")
     os.chown(pwfile, user.pw_uid, user.pw_gid)
     try:
         r = subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", USER, f"--pwfile={pwfile}",
@@ -211,8 +219,7 @@ def start(folder: Path, timeout: float = 60.0) -> PostgresInfo:
         home.mkdir(mode=0o700)
         os.chown(home, user.pw_uid, user.pw_gid)
         password = secrets.token_urlsafe(24)
-        atomic_write_text(pw_path, password)
-        os.chmod(pw_path, 0o600)
+        _write_secret(pw_path, password)
         _initdb(bin_dir, home, data, user, password)
     port = _free_port()
     log = folder / "postgres.log"
