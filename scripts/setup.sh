@@ -49,6 +49,16 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "setup: install Debian's chromium for the App rendering test (apt-get install chromium)" >&2
   fi
 fi
+# Debian's PostgreSQL for `labelstudio start --postgres` and its tests (the server is not enabled as a service)
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing postgresql with apt-get" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) ||
+      echo "setup: postgresql could not be installed; the PostgreSQL tests will be skipped" >&2
+  else
+    echo "setup: install Debian's postgresql for the PostgreSQL back end (apt-get install postgresql)" >&2
+  fi
+fi
 "$VENV/bin/python" - <<'PY'
 import importlib, sys
 missing = [m for m in ("spinetrack_tools", "numpy", "pandas", "click", "orjson", "pycocotools", "onnxruntime",

@@ -7,13 +7,15 @@ validate-biomech reports as sample tags (``<check>``) and as a ``findings`` list
 The samples are written in bulk as the documents FiftyOne stores (as its own importers do), not through
 ``fo.Sample`` / ``fo.Keypoint`` objects: a mongoengine document per label took minutes for 60k persons.
 FiftyOne's own configuration (``FIFTYONE_DATABASE_URI``, ``FIFTYONE_DATABASE_DIR``, ...) is honoured,
-so ``fiftyone`` commands and Python sessions see the same datasets.
+so ``fiftyone`` commands and Python sessions see the same datasets; ``use_database`` points it at a MongoDB
+server of the user's (FiftyOne then starts no mongod of its own).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +46,24 @@ def _fo() -> Any:
     except ImportError:
         raise InputError(None, "FiftyOne is not installed: pip install 'spinetrack-tools[fiftyone]'") from None
     return fo
+
+
+def use_database(uri: str, timeout_s: float = 5.0) -> None:
+    """Keep the datasets in the MongoDB server at ``uri`` (``mongodb://HOST:PORT``, as ``FIFTYONE_DATABASE_URI``);
+    checks that it answers, so that a wrong address is one clear error rather than FiftyOne's retries."""
+    if not uri.startswith(("mongodb://", "mongodb+srv://")):
+        raise InputError(None, f"not a MongoDB URI (mongodb://HOST:PORT): {uri}")
+    import pymongo  # comes with fiftyone
+    from pymongo.errors import PyMongoError
+
+    try:
+        with pymongo.MongoClient(uri, serverSelectionTimeoutMS=int(timeout_s * 1000)) as client:
+            client.admin.command("ping")
+    except (PyMongoError, ValueError) as e:
+        raise InputError(None, f"cannot reach MongoDB at {uri}: {str(e).split(',')[0]}") from None
+    os.environ["FIFTYONE_DATABASE_URI"] = uri  # also for the App's server process
+    if "fiftyone" in sys.modules:  # already configured in this process
+        sys.modules["fiftyone"].config.database_uri = uri
 
 
 def skeleton_edges(sk: Skeleton) -> list[list[int]]:

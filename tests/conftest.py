@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -39,6 +41,35 @@ def label_studio(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ls_server")
     root = tmp_path_factory.mktemp("ls_root")
     info = server.start(folder, root)
+    yield info, root, folder
+    server.stop(folder)
+
+
+@pytest.fixture(scope="session")
+def postgres_folder():
+    """A folder for a PostgreSQL of ours. Under root the server runs as another user (it refuses root), who
+    must be able to traverse the path: pytest's own temporary folders are private to root, so this one is
+    made under the system's temporary folder, traversable (not listable) by others."""
+    from spinetrack_tools.labelstudio import postgres
+
+    if postgres.binaries() is None:
+        pytest.skip("PostgreSQL's server programs (initdb, postgres) are not installed: apt-get install postgresql "
+                    "(scripts/setup.sh does it as root)")
+    base = Path(tempfile.mkdtemp(prefix="spinetrack-pg-"))
+    base.chmod(0o711)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def label_studio_pg(postgres_folder, tmp_path_factory):
+    """A real Label Studio on a real PostgreSQL of ours (``labelstudio start --postgres``)."""
+    pytest.importorskip("label_studio_sdk")
+    from spinetrack_tools.labelstudio import server
+
+    folder = postgres_folder / "ls"
+    root = tmp_path_factory.mktemp("ls_pg_root")
+    info = server.start(folder, root, postgres=True)
     yield info, root, folder
     server.stop(folder)
 

@@ -14,8 +14,8 @@ PACKAGE = ROOT / "spinetrack_tools"
 # Lowest first. A module may import only from floors below its own (lazy imports inside functions included).
 FLOORS = [
     ["", "io", "skeleton", "gcpause", "progress", "active_learning", "biomech", "inference", "labelstudio", "train"],
-    ["persons", "findings", "labelstudio.config", "labelstudio.ls_settings", "render", "inference.transforms",
-     "train.model"],
+    ["persons", "findings", "labelstudio.config", "labelstudio.ls_settings", "labelstudio.postgres", "render",
+     "inference.transforms", "train.model"],
     ["coco", "evaluate", "biomech.model", "download"],
     ["pool"],
     ["biomech.osim", "biomech.geometry", "biomech.population", "validate", "inference.model", "agreement"],

@@ -22,17 +22,23 @@ from .common import resolve_skeleton, skeleton_option
 @click.option("--name", help="Dataset name (default: spinetrack-<file stem>).")
 @click.option("--port", default=5151, show_default=True, type=int, help="Port of the FiftyOne App.")
 @click.option("--no-launch", is_flag=True, help="Only build the dataset.")
+@click.option("--database-uri", envvar="FIFTYONE_DATABASE_URI",
+              help="MongoDB server to keep the datasets in, e.g. mongodb://127.0.0.1:27017 (env "
+                   "FIFTYONE_DATABASE_URI); default: FiftyOne's own local database.")
 @skeleton_option
 def browse(file: Path, images_dir: Path, preds: tuple[Path, ...], reports: tuple[Path, ...], ws_path: Path | None,
-           name: str | None, port: int, no_launch: bool, skeleton_name: str) -> None:
+           name: str | None, port: int, no_launch: bool, database_uri: str | None, skeleton_name: str) -> None:
     """Browse labels, predictions and findings in FiftyOne (a persistent dataset, the App on 127.0.0.1).
 
     Ground truth per person with the 37-point skeleton (spine chain as one polyline) and visibility,
     boxes, predictions with per-point confidence and OKS against the ground truth, findings as tags and
     label attributes; saved views: flagged, failed-biomech, worst-oks.
     """
-    from ..browse import build, launch
+    from ..browse import build, launch, use_database
     from ..coco import load_coco
+
+    if database_uri:
+        use_database(database_uri)
 
     ds = load_coco(file, skeleton=resolve_skeleton(skeleton_name)).persons
     fields = None

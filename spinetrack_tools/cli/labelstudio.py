@@ -24,20 +24,30 @@ def labelstudio() -> None:
 @click.option("--data-root", type=click.Path(path_type=Path, file_okay=False), default=Path("."),
               show_default=True, help="Folder Label Studio may serve images from (their parent, at least).")
 @click.option("--port", type=int, help="Port (default: a free one).")
-def ls_start(ls_dir: Path, data_root: Path, port: int | None) -> None:
-    """Start a local Label Studio (127.0.0.1, SQLite in --dir) and print its URL, login and API key."""
+@click.option("--postgres", is_flag=True,
+              help="Keep the data in PostgreSQL: a private server (Debian's postgresql) with its data in --dir, "
+                   "on 127.0.0.1 and a free port, a random password in --dir/postgres.password (0600).")
+@click.option("--database-url", envvar="SPINETRACK_LS_DATABASE_URL",
+              help="Keep the data in this PostgreSQL database instead: postgresql://USER:PASSWORD@HOST:PORT/NAME "
+                   "(env SPINETRACK_LS_DATABASE_URL).")
+def ls_start(ls_dir: Path, data_root: Path, port: int | None, postgres: bool, database_url: str | None) -> None:
+    """Start a local Label Studio (127.0.0.1; SQLite in --dir, or PostgreSQL) and print its URL, login and API key.
+
+    A --dir started once with --postgres keeps using its PostgreSQL.
+    """
     from ..labelstudio.server import start
 
-    info = start(ls_dir, data_root, port)
+    info = start(ls_dir, data_root, port, postgres=postgres, database_url=database_url)
     click.echo(f"Label Studio is up at {info.url}\n  login: {info.username} / {info.password}\n"
                f"  export LABEL_STUDIO_URL={info.url} LABEL_STUDIO_API_KEY={info.token}\n"
+               f"  database: {info.database}\n"
                f"  local files served from {info.document_root}; log {info.log}")
 
 
 @labelstudio.command("stop")
 @ls_dir_option
 def ls_stop(ls_dir: Path) -> None:
-    """Stop the server started from --dir (and only that one)."""
+    """Stop the server started from --dir (and only that one), and its PostgreSQL if it has one of ours."""
     from ..labelstudio.server import stop
 
     click.echo("stopped" if stop(ls_dir) else f"no server of ours is running from {ls_dir}")
@@ -55,7 +65,8 @@ def ls_status(ls_dir: Path, as_json: bool) -> None:
     if as_json:
         click.echo(dumps_json(st, indent=True).decode())
     elif st["running"]:
-        click.echo(f"running at {st['url']} (pid {st['pid']}, {'healthy' if st['healthy'] else 'not answering'})")
+        click.echo(f"running at {st['url']} (pid {st['pid']}, {'healthy' if st['healthy'] else 'not answering'}; "
+                   f"database {st['database']})")
     else:
         click.echo(f"not running (folder {ls_dir})")
     raise SystemExit(0 if st["running"] else 1)
