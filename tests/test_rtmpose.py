@@ -70,6 +70,19 @@ def test_the_re_implementation_has_the_official_parameter_counts():
         assert round(sum(p.numel() for p in net.parameters()) / 1e6, 2) == official
 
 
+def test_the_released_spinepose_sizes_have_the_parameter_counts_of_the_re_implementation():
+    """Every pose model of the hub catalogue (small/medium/large/xlarge = RTMPose s/m/l/x, 37 keypoints, at
+    its input size) has the re-implementation's parameter count, to the catalogue's 0.01 M."""
+    from spinetrack_tools.inference import hub as H
+
+    arch = {"small": "s", "medium": "m", "large": "l", "xlarge": "x"}
+    for spec in (s for s in H.catalogue() if s.kind == "pose"):
+        size = spec.name.split("@")[0].removeprefix("spinepose-")
+        w, h = spec.input_wh
+        net = RTMPose(RTMPoseConfig.named(arch[size], input_w=w, input_h=h, folded=False))
+        assert round(sum(p.numel() for p in net.parameters()) / 1e6, 2) == spec.params_m, spec.name
+
+
 @pytest.mark.parametrize("arch, wh", [("t", (96, 128)), ("s", (192, 256))])
 def test_export_folds_batchnorm_and_the_loaded_module_reproduces_onnxruntime(tmp_path, arch, wh):
     torch.set_num_threads(2)
@@ -188,3 +201,30 @@ def test_default_retrain_hook_fine_tunes_an_rtmpose_onnx(tmp_path, rtm_t, data):
     plain = init(tmp_path / "plain", PHOTOS, model=simcc_model(tmp_path / "plain.onnx"), detector=det,
                  val=data / "val.json", val_images=data / "val_images")
     assert retrain_command(plain, 1, tmp_path / "out").startswith("retrain skipped")
+
+
+def test_default_retrain_hook_fetches_a_released_name_and_fine_tunes_its_onnx(tmp_path, data):
+    """A workspace model given by name: the hook's --init is the released file in the Hugging Face cache (the
+    tests' local Hub serving an RTMPose-t export under spinepose-small's real repository path)."""
+    from spinetrack_tools.inference import hub as H
+
+    from .hub_server import FakeHub, hub_env
+
+    spec = H.spec_for("spinepose-small")
+    exported(tmp_path / "served.onnx", "t", spec.input_wh)
+    det = rfdetr_model(tmp_path / "det.onnx", *rfdetr_tables(), size=64)
+    script = ("import json, sys; from pathlib import Path\n"
+              "from spinetrack_tools.active_learning.workspace import init\n"
+              "from spinetrack_tools.active_learning.rounds import retrain_command\n"
+              f"ws = init(Path({str(tmp_path / 'ws')!r}), Path({str(PHOTOS)!r}), model='spinepose-small', "
+              f"detector=Path({str(det)!r}), val=Path({str(data / 'val.json')!r}), "
+              f"val_images=Path({str(data / 'val_images')!r}))\n"
+              "print(json.dumps(retrain_command(ws, 1, Path('out'))))\n")
+    served = (tmp_path / "served.onnx").read_bytes()
+    with FakeHub(None, models={spec.repo_id: {spec.filename: served}}) as hub:
+        r = subprocess.run([sys.executable, "-c", script], env=hub_env(hub, tmp_path / "home"), capture_output=True,
+                           text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    cmd = json.loads(r.stdout.strip().splitlines()[-1])
+    init_file = Path(cmd[cmd.index("--init") + 1])
+    assert str(tmp_path / "home") in str(init_file) and init_file.read_bytes() == served
