@@ -228,3 +228,15 @@ def test_default_retrain_hook_fetches_a_released_name_and_fine_tunes_its_onnx(tm
     cmd = json.loads(r.stdout.strip().splitlines()[-1])
     init_file = Path(cmd[cmd.index("--init") + 1])
     assert str(tmp_path / "home") in str(init_file) and init_file.read_bytes() == served
+
+
+def test_symbolic_keypoint_and_bin_dims_are_kept(tmp_path):
+    """An export that leaves K and the bins symbolic (as torch's exporter does with a dynamic batch) is read
+    (K from the final Conv) and written back with the same symbolic dims."""
+    io = OnnxIO("input", ("simcc_x", "simcc_y"), ("batch", 3, 128, 96), (("batch", "k", "bx"), ("batch", "k", "by")))
+    exported(tmp_path / "sym.onnx", "t", (96, 128), io)
+    model, read, _ = onnx_import.load(tmp_path / "sym.onnx")
+    assert read == io and model.cfg.num_keypoints == 37 and model.cfg.split_ratio == 2.0
+    export_onnx(model, str(tmp_path / "back.onnx"), read)
+    assert io_of(tmp_path / "back.onnx") == io_of(tmp_path / "sym.onnx") == [
+        ("input", ["batch", 3, 128, 96]), ("simcc_x", ["batch", "k", "bx"]), ("simcc_y", ["batch", "k", "by"])]

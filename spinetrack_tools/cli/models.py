@@ -165,7 +165,9 @@ def evaluate_cmd(gt_path: Path, pred_path: Path, json_path: Path | None, groups:
               help="Start from this model: a checkpoint (model.pt of an earlier run) or an RTMPose / SpinePose "
                    "ONNX file (e.g. a released SpinePose from `spinetrack models --download`), which is fine-tuned "
                    "and exported back with its own I/O.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out after its last finished epoch.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out after its last finished epoch (same settings; a fresh start when "
+                   "--out has no checkpoint).")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--lr", type=click.FloatRange(0, min_open=True),

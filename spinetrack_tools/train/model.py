@@ -71,7 +71,8 @@ class SimCCNet(nn.Module):
 
 @dataclass
 class OnnxIO:
-    """The I/O contract an export keeps: tensor names and dims (an int, or a name for a dynamic axis)."""
+    """The I/O contract an export keeps: tensor names and dims (an int, a name for a dynamic axis, or None for
+    a dim the file leaves unknown)."""
 
     input_name: str = "input"
     output_names: tuple[str, str] = ("simcc_x", "simcc_y")
@@ -118,6 +119,8 @@ def export_onnx(model: nn.Module, path: str, io: OnnxIO | None = None) -> None:
         for i, d in enumerate(dims):
             if isinstance(d, str):
                 proto[i].dim_param = d
+            elif d is None:
+                proto[i].Clear()
             else:
                 proto[i].dim_value = int(d)
     onnx.save(m, path)

@@ -43,7 +43,8 @@ def _load(path: Path):
 
 
 def _dims(value) -> tuple:
-    return tuple(d.dim_param or (d.dim_value if d.HasField("dim_value") else "?")
+    """Each dim: its value, its symbolic name, or None (unknown)."""
+    return tuple(d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
                  for d in value.type.tensor_type.shape.dim)
 
 
@@ -57,26 +58,30 @@ def read_io(path: Path, model=None) -> OnnxIO:
         raise InputError(path, f"not a SimCC export (inputs {[i.name for i in inputs]}, outputs {sorted(outs)}; "
                                "expected one input and the outputs simcc_x, simcc_y)")
     din, dx, dy = _dims(inputs[0]), _dims(outs["simcc_x"]), _dims(outs["simcc_y"])
-    if len(din) != 4 or din[1] != 3 or not all(isinstance(d, int) and d > 0 for d in din[2:]):
+    if len(din) != 4 or din[1] != 3 or not all(_fixed(d) for d in din[2:]):
         raise InputError(path, f"input {inputs[0].name} has dims {din}, expected [N, 3, H, W] with fixed H, W")
     if len(dx) != 3 or len(dy) != 3:
         raise InputError(path, f"simcc_x {dx} / simcc_y {dy}: expected [N, K, bins]")
-    k = next((d for d in (dx[1], dy[1]) if isinstance(d, int) and d > 0), None)
-    r = 2.0
-    if isinstance(dx[2], int) and dx[2] > 0:
-        r = dx[2] / din[3]
-    fill = lambda dims, bins: (dims[0], dims[1] if isinstance(dims[1], int) and dims[1] > 0 else k,  # noqa: E731
-                               dims[2] if isinstance(dims[2], int) and dims[2] > 0 else int(bins * r))
-    if k is None:
-        k = _final_conv_keypoints(m)
-    return OnnxIO(inputs[0].name, ("simcc_x", "simcc_y"), din, (fill(dx, din[3]), fill(dy, din[2])))
+    return OnnxIO(inputs[0].name, ("simcc_x", "simcc_y"), din, (dx, dy))
 
 
-def _final_conv_keypoints(m) -> int:
+def _fixed(d) -> bool:
+    return isinstance(d, int) and d > 0
+
+
+def _sizes(path: Path, m, io: OnnxIO) -> tuple[int, float]:
+    """Keypoints and split ratio: from the outputs' dims, else (symbolic dims) from the final Conv, 2.0."""
+    (_, kx, bx), (_, ky, by) = io.output_dims
+    k = next((d for d in (kx, ky) if _fixed(d)), None) or _final_conv_keypoints(path, m)
+    r = bx / io.input_dims[3] if _fixed(bx) else by / io.input_dims[2] if _fixed(by) else 2.0
+    return int(k), r
+
+
+def _final_conv_keypoints(path: Path, m) -> int:
     convs = [n for n in m.graph.node if n.op_type == "Conv"]
     inits = {i.name: i for i in m.graph.initializer}
     if not convs or convs[-1].input[1] not in inits:
-        raise InputError("onnx", "the number of keypoints is not in the outputs' dims and there is no final Conv")
+        raise InputError(path, "the number of keypoints is neither in the outputs' dims nor in a final Conv")
     return int(inits[convs[-1].input[1]].dims[0])
 
 
@@ -112,7 +117,7 @@ def inspect(path: Path):
     m = _load(path)
     io = read_io(path, m)
     h, w = io.input_dims[2], io.input_dims[3]
-    k, bins_x = io.output_dims[0][1], io.output_dims[0][2]
+    k, r = _sizes(path, m, io)
     convs = [n for n in m.graph.node if n.op_type == "Conv"]
     inits = {i.name: tuple(i.dims) for i in m.graph.initializer}
     if not convs or convs[0].input[0] != io.input_name or inits.get(convs[0].input[1], (0, 0))[1:] != (3, 3, 3):
@@ -120,7 +125,7 @@ def inspect(path: Path):
     stem = inits[convs[0].input[1]][0]
     for deepen, widen in ARCHS.values():
         cfg = RTMPoseConfig(num_keypoints=int(k), input_w=int(w), input_h=int(h), deepen=deepen, widen=widen,
-                            split_ratio=bins_x / w)
+                            split_ratio=r)
         if cfg.stem_channels() == stem and cfg.conv_count() == len(convs):
             return cfg
     raise InputError(path, f"not a known RTMPose size: stem width {stem}, {len(convs)} convolutions "

@@ -265,7 +265,8 @@ def train(train_json: Path, images_dir: Path, val_json: Path, val_images: Path, 
     history: list[dict] = []
     start = 1
     if ck is not None:
-        if ck.get("train") != {**asdict(tcfg), "lr": lr} or "optimizer" not in ck:
+        same = lambda t: {k: v for k, v in t.items() if k != "threads"}  # noqa: E731
+        if "optimizer" not in ck or same(ck.get("train") or {}) != same({**asdict(tcfg), "lr": lr}):
             raise InputError(ck_path, "cannot resume: the run was started with other training settings "
                                       f"({ck.get('train')})")
         opt.load_state_dict(ck["optimizer"])
