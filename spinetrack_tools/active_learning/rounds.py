@@ -326,7 +326,8 @@ def retrain_command(ws: Workspace, n: int, out: Path) -> list[str] | str:
     {train} {images} {val} {val_images} {init} (the checkpoint to fine-tune, or empty) {model} (the current
     model's ONNX file, a released one from the cache) {out} {python}. The default hook fine-tunes the
     reference trainer's checkpoint; a model without one is fine-tuned from its ONNX file when that is an RTMPose
-    / SpinePose export (``train.onnx_import.detect``: a released SpinePose), else the round skips retraining.
+    / SpinePose export (``train.onnx_import.detect``: a released SpinePose), else the round skips retraining;
+    it also skips without a validation set (a hook of one's own that uses {val} is an error then).
     """
     from ..inference.hub import resolve
 
@@ -344,6 +345,9 @@ def retrain_command(ws: Workspace, n: int, out: Path) -> list[str] | str:
                     "in config.toml to your trainer")
         init = onnx_file
     val = ws.val_set()
+    if val is None and template == DEFAULT_RETRAIN:
+        return ("retrain skipped: the default hook validates every epoch on the validation set, and the workspace "
+                "has none; add [data] val and val_images to config.toml and the next round retrains")
     if val is None and ("{val}" in template or "{val_images}" in template):
         raise InputError(ws.path / "config.toml", "the retrain hook uses {val}, and the workspace has no "
                                                   "validation set: add [data] val and val_images, or change the hook")

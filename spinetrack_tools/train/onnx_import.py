@@ -128,8 +128,10 @@ def inspect(path: Path):
                             split_ratio=r)
         if cfg.stem_channels() == stem and cfg.conv_count() == len(convs):
             return cfg
-    raise InputError(path, f"not a known RTMPose size: stem width {stem}, {len(convs)} convolutions "
-                           f"(RTMPose {'/'.join(ARCHS)} have {[RTMPoseConfig(deepen=d, widen=w_).conv_count() for d, w_ in ARCHS.values()]})")
+    known = ", ".join(f"{a} {RTMPoseConfig(deepen=d, widen=w_).stem_channels()} / "
+                      f"{RTMPoseConfig(deepen=d, widen=w_).conv_count()}" for a, (d, w_) in ARCHS.items())
+    raise InputError(path, f"not a known RTMPose size: stem width {stem}, {len(convs)} convolutions (RTMPose "
+                           f"{known})")
 
 
 def detect(path: Path) -> bool:
