@@ -262,8 +262,9 @@ def test_init_help_names_the_default_model():
 
 
 def test_retrain_command_decides_how_a_round_retrains(tmp_path):
-    """The hook's one place: the default hook skips a model without a checkpoint, a hook of one's own gets the
-    model file, and {val} without a validation set is a one-line error naming config.toml."""
+    """The hook's one place: the default hook skips a model without a checkpoint that is not an RTMPose export
+    (tests/test_rtmpose.py has the RTMPose ones) and a workspace without a validation set, a hook of one's own
+    gets the model file, and its {val} without a validation set is a one-line error naming config.toml."""
     from spinetrack_tools.active_learning.rounds import retrain_command
     from spinetrack_tools.active_learning.workspace import init
     from spinetrack_tools.io import InputError
@@ -279,5 +280,9 @@ def test_retrain_command_decides_how_a_round_retrains(tmp_path):
     ck = tmp_path / "model.pt"
     ck.write_bytes(b"a checkpoint")
     with_ck = init(tmp_path / "ck", PHOTOS, model=pose, detector=det, checkpoint=ck)
+    # the default hook validates on {val}: without a validation set the round skips retraining, with a note
+    assert retrain_command(with_ck, 1, tmp_path / "out").startswith("retrain skipped: the default hook validates")
+    own_val = init(tmp_path / "own_val", PHOTOS, model=pose, detector=det, checkpoint=ck,
+                   retrain="{python} my_train.py --data {train} --val {val} --init {init} --out {out}")
     with pytest.raises(InputError, match="config.toml.*no validation set"):
-        retrain_command(with_ck, 1, tmp_path / "out")
+        retrain_command(own_val, 1, tmp_path / "out")

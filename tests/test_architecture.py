@@ -15,11 +15,11 @@ PACKAGE = ROOT / "spinetrack_tools"
 FLOORS = [
     ["", "io", "skeleton", "gcpause", "progress", "active_learning", "biomech", "inference", "labelstudio", "train"],
     ["persons", "findings", "labelstudio.config", "labelstudio.ls_settings", "labelstudio.postgres", "render",
-     "inference.transforms", "train.model"],
+     "inference.transforms", "train.model", "train.rtmpose"],
     ["coco", "evaluate", "biomech.model", "download"],
     ["pool"],
     ["biomech.osim", "biomech.geometry", "biomech.population", "validate", "inference.model", "agreement"],
-    ["inference.hub"],
+    ["inference.hub", "train.onnx_import"],
     ["biomech.poses", "biomech.rules", "biomech.fit", "labelstudio.convert", "inference.predict"],
     ["quality", "synth", "biomech.calibrate", "labelstudio.server", "browse", "train.trainer"],
     ["labelstudio.client", "active_learning.workspace", "active_learning.strategies", "active_learning.gate",

@@ -325,30 +325,41 @@ def retrain_command(ws: Workspace, n: int, out: Path) -> list[str] | str:
     The one place that decides how a workspace's model is retrained. The hook is a template with the fields
     {train} {images} {val} {val_images} {init} (the checkpoint to fine-tune, or empty) {model} (the current
     model's ONNX file, a released one from the cache) {out} {python}. The default hook fine-tunes the
-    reference trainer's checkpoint; a model without one (a released SpinePose is ONNX only) is not retrained
-    by it until ``spinetrack train`` can start from an ONNX file (issue 16).
+    reference trainer's checkpoint; a model without one is fine-tuned from its ONNX file when that is an RTMPose
+    / SpinePose export (``train.onnx_import.detect``: a released SpinePose), else the round skips retraining;
+    it also skips without a validation set (a hook of one's own that uses {val} is an error then).
     """
     from ..inference.hub import resolve
 
     template = ws.config["hooks"]["retrain"]
     m = ws.current_model(n)
-    if template == DEFAULT_RETRAIN and m.checkpoint is None:
-        return (f"retrain skipped: the default hook fine-tunes a checkpoint of the reference trainer (model.pt) "
-                f"and {m.value} has none (it is ONNX only); the next round selects with the same model. To "
-                "retrain it, set [hooks] retrain in config.toml to your trainer")
+    init = m.checkpoint
+    if template == DEFAULT_RETRAIN and init is None:
+        from ..train.onnx_import import detect
+
+        onnx_file = resolve(m.value, "pose", m.revision).path
+        if not detect(onnx_file):
+            return (f"retrain skipped: the default hook fine-tunes a checkpoint of the reference trainer (model.pt) "
+                    f"or an RTMPose / SpinePose ONNX export, and {m.value} is neither (or the train extra is not "
+                    "installed); the next round selects with the same model. To retrain it, set [hooks] retrain "
+                    "in config.toml to your trainer")
+        init = onnx_file
     val = ws.val_set()
+    if val is None and template == DEFAULT_RETRAIN:
+        return ("retrain skipped: the default hook validates every epoch on the validation set, and the workspace "
+                "has none; add [data] val and val_images to config.toml and the next round retrains")
     if val is None and ("{val}" in template or "{val_images}" in template):
         raise InputError(ws.path / "config.toml", "the retrain hook uses {val}, and the workspace has no "
                                                   "validation set: add [data] val and val_images, or change the hook")
     _, train_path = ws.latest_dataset()
     fields = {"train": train_path, "images": ws.data("images"), "val": val[0] if val else "",
-              "val_images": val[1] if val else "", "init": m.checkpoint or "", "out": out, "python": sys.executable,
+              "val_images": val[1] if val else "", "init": init or "", "out": out, "python": sys.executable,
               "model": resolve(m.value, "pose", m.revision).path if "{model}" in template else ""}
     try:
         cmd = [part.format(**{k: str(v) for k, v in fields.items()}) for part in shlex.split(template)]
     except (KeyError, ValueError, IndexError) as e:
         raise InputError(ws.path / "config.toml", f"the retrain hook template is not valid ({e!r})") from None
-    if m.checkpoint is None and "--init" in cmd:  # no checkpoint to start from: train from scratch
+    if init is None and "--init" in cmd:  # no checkpoint to start from: train from scratch
         i = cmd.index("--init")
         del cmd[i:i + 2]
     return cmd

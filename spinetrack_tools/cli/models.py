@@ -162,22 +162,31 @@ def evaluate_cmd(gt_path: Path, pred_path: Path, json_path: Path | None, groups:
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Output folder: model.pt, model.onnx, metrics.json.")
 @click.option("--init", "init_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Start from this checkpoint (model.pt of an earlier run).")
+              help="Start from this model: a checkpoint (model.pt of an earlier run) or an RTMPose / SpinePose "
+                   "ONNX file (e.g. a released SpinePose from `spinetrack models --download`), which is fine-tuned "
+                   "and exported back with its own I/O.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out after its last finished epoch (same settings; a fresh start when "
+                   "--out has no checkpoint).")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=3e-3, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--lr", type=click.FloatRange(0, min_open=True),
+              help="Peak learning rate (default: 3e-3 for the reference model, 1e-4 for an RTMPose / SpinePose).")
 @click.option("--width", default=0.75, show_default=True, type=click.FloatRange(0.1, 4),
               help="Channel multiplier of a new model.")
 @click.option("--max-samples", type=click.IntRange(1), help="Persons per epoch (a random subset).")
 @click.option("--seed", default=0, show_default=True, type=int)
 def train_cmd(train_path: Path, images_dir: Path, val_path: Path, val_images: Path | None, out_dir: Path,
-              init_path: Path | None, epochs: int, batch_size: int, lr: float, width: float,
+              init_path: Path | None, resume: bool, epochs: int, batch_size: int, lr: float | None, width: float,
               max_samples: int | None, seed: int) -> None:
-    """Train the reference SimCC model (plain PyTorch, the train extra) and export it to ONNX.
+    """Train a SimCC pose model (plain PyTorch, the train extra, CPU) and export it to ONNX.
 
-    Top-down crops with augmentation (scale, shift, rotation, mirroring with left/right swap,
+    The model: a new reference model (--width), a checkpoint, or an RTMPose / SpinePose ONNX file (--init),
+    loaded into a plain-PyTorch RTMPose (CSPNeXt + RTMCC head) and checked against onnxruntime before
+    training. Top-down crops with augmentation (scale, shift, rotation, mirroring with left/right swap,
     brightness), SimCC KL loss, OKS AP per group on the validation file after every epoch through
-    `evaluate`; model.onnx keeps the SpinePose I/O contract (input [N, 3, 256, 192] -> simcc_x, simcc_y).
+    `evaluate`; model.onnx keeps the SpinePose I/O contract (input [N, 3, H, W] -> simcc_x, simcc_y; an ONNX
+    --init: its own names, dims and dynamic batch).
     """
     try:
         from ..train.model import ModelConfig
@@ -186,4 +195,4 @@ def train_cmd(train_path: Path, images_dir: Path, val_path: Path, val_images: Pa
         raise BadInput(f"the train extra is not installed ({e}): pip install 'spinetrack-tools[torch]'") from None
     train(train_path, images_dir, val_path, val_images or images_dir, out_dir,
           TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_samples=max_samples),
-          ModelConfig(width=width), init_path, log=click.echo)
+          ModelConfig(width=width), init_path, log=click.echo, resume=resume)

@@ -69,22 +69,58 @@ class SimCCNet(nn.Module):
         return self.cls_x(h), self.cls_y(h)
 
 
-def export_onnx(model: SimCCNet, path: str) -> None:
-    """Export with the SpinePose I/O contract: ``input`` -> ``simcc_x``, ``simcc_y``, dynamic batch."""
+@dataclass
+class OnnxIO:
+    """The I/O contract an export keeps: tensor names and dims (an int, a name for a dynamic axis, or None for
+    a dim the file leaves unknown)."""
+
+    input_name: str = "input"
+    output_names: tuple[str, str] = ("simcc_x", "simcc_y")
+    input_dims: tuple = ("batch", 3, 256, 192)
+    output_dims: tuple[tuple, tuple] = (("batch", 37, 384), ("batch", 37, 512))
+
+    @classmethod
+    def spinepose(cls, cfg) -> "OnnxIO":
+        """The SpinePose contract for a model config (``input`` -> ``simcc_x``, ``simcc_y``, dynamic batch)."""
+        r, k = cfg.split_ratio, cfg.num_keypoints
+        return cls(input_dims=("batch", 3, cfg.input_h, cfg.input_w),
+                   output_dims=(("batch", k, int(cfg.input_w * r)), ("batch", k, int(cfg.input_h * r))))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OnnxIO":
+        return cls(d["input_name"], tuple(d["output_names"]), tuple(d["input_dims"]),
+                   tuple(tuple(o) for o in d["output_dims"]))
+
+
+def export_onnx(model: nn.Module, path: str, io: OnnxIO | None = None) -> None:
+    """Export (eval mode, opset 17, BatchNorm folded by the exporter) with the I/O contract ``io`` (default:
+    the SpinePose one for ``model.cfg``): its names, and its dims pinned, symbolic ones as dynamic axes."""
     cfg = model.cfg
+    io = io or OnnxIO.spinepose(cfg)
     model.eval()
     x = torch.zeros(1, 3, cfg.input_h, cfg.input_w)
     import warnings
 
+    names = [io.input_name, *io.output_names]
+    all_dims = [io.input_dims, *io.output_dims]
+    dynamic = {n: {i: d for i, d in enumerate(dims) if isinstance(d, str)} for n, dims in zip(names, all_dims)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), path, input_names=["input"], output_names=["simcc_x", "simcc_y"],
-                          dynamic_axes={"input": {0: "batch"}, "simcc_x": {0: "batch"}, "simcc_y": {0: "batch"}},
-                          opset_version=17, dynamo=False)
-    import onnx  # pin the keypoint and bin dimensions the exporter left symbolic
+        torch.onnx.export(model, (x,), path, input_names=[io.input_name], output_names=list(io.output_names),
+                          dynamic_axes={n: a for n, a in dynamic.items() if a}, opset_version=17, dynamo=False)
+    import onnx  # pin the dims the exporter left symbolic (keypoints, bins), name the dynamic ones as given
 
     m = onnx.load(path)
-    for out, size in zip(m.graph.output, (int(cfg.input_w * cfg.split_ratio), int(cfg.input_h * cfg.split_ratio))):
-        dims = out.type.tensor_type.shape.dim
-        dims[1].dim_value, dims[2].dim_value = cfg.num_keypoints, size
+    for value, dims in zip([*m.graph.input, *m.graph.output], all_dims):
+        proto = value.type.tensor_type.shape.dim
+        for i, d in enumerate(dims):
+            if isinstance(d, str):
+                proto[i].dim_param = d
+            elif d is None:
+                proto[i].Clear()
+            else:
+                proto[i].dim_value = int(d)
     onnx.save(m, path)

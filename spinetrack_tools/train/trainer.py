@@ -1,5 +1,8 @@
 """Training loop: top-down crops with augmentation, SimCC KL loss, validation OKS AP through ``evaluate``
-each epoch (on the exported ONNX model, run by ``predict``), checkpoints and ONNX export."""
+each epoch (on the exported ONNX model, run by ``predict``), checkpoints, resume and ONNX export.
+
+Two kinds of model: the small reference ``SimCCNet`` (new, or its checkpoint) and ``RTMPose`` (an RTMPose /
+SpinePose ONNX export loaded by ``onnx_import``, or its checkpoint), exported back with the original I/O."""
 
 from __future__ import annotations
 
@@ -21,16 +24,23 @@ from ..inference import transforms as T
 from ..inference.predict import evaluate_model
 from ..io import InputError, atomic_write_bytes, atomic_write_text
 from ..persons import Persons
-from .model import ModelConfig, SimCCNet, export_onnx
+from ..progress import progress
+from .model import ModelConfig, OnnxIO, SimCCNet, export_onnx
+from .rtmpose import RTMPose, RTMPoseConfig
 
-SIGMA = (4.9, 5.66)  # SimCC label widths in bins at 256 x 192, as the SpinePose configs
+# SimCC label widths (x, y) in bins by input size (w, h), as the RTMPose / SpinePose configs
+SIGMAS = {(192, 256): (4.9, 5.66), (288, 384): (6.93, 7.99)}
+# learning rate by model kind: the reference model from scratch; a released RTMPose fine-tuned (the recipe's
+# AdamW 5e-4 at batch 1024, scaled by the square root of the batch ratio to batch 32: 8.8e-5)
+LR = {"simcc": 3e-3, "rtmpose": 1e-4}
+KINDS = {"simcc": (SimCCNet, ModelConfig), "rtmpose": (RTMPose, RTMPoseConfig)}
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float | None = None  # None: LR of the model kind
     weight_decay: float = 0.05
     seed: int = 0
     threads: int = 2
@@ -74,6 +84,7 @@ def make_batch(samples: Samples, rows: np.ndarray, cfg: ModelConfig, flip_index:
     wh = (cfg.input_w, cfg.input_h)
     r = cfg.split_ratio
     crops, tx, ty, wts = [], [], [], []
+    sigma = simcc_sigma(cfg.input_w, cfg.input_h)
     bins_x = np.arange(int(cfg.input_w * r))
     bins_y = np.arange(int(cfg.input_h * r))
     for i in rows:
@@ -98,11 +109,20 @@ def make_batch(samples: Samples, rows: np.ndarray, cfg: ModelConfig, flip_index:
         xy = kp[:, :2] @ m[:, :2].T + m[:, 2]
         w = (kp[:, 2] > 0) & (xy[:, 0] >= 0) & (xy[:, 0] < wh[0]) & (xy[:, 1] >= 0) & (xy[:, 1] < wh[1])
         crops.append(crop)
-        tx.append(np.exp(-((bins_x[None] - xy[:, :1] * r) ** 2) / (2 * SIGMA[0] ** 2)))
-        ty.append(np.exp(-((bins_y[None] - xy[:, 1:] * r) ** 2) / (2 * SIGMA[1] ** 2)))
+        tx.append(np.exp(-((bins_x[None] - xy[:, :1] * r) ** 2) / (2 * sigma[0] ** 2)))
+        ty.append(np.exp(-((bins_y[None] - xy[:, 1:] * r) ** 2) / (2 * sigma[1] ** 2)))
         wts.append(w)
     x = T.normalize(np.stack(crops))
     return (x, np.stack(tx).astype(np.float32), np.stack(ty).astype(np.float32), np.stack(wts).astype(np.float32))
+
+
+def simcc_sigma(w: int, h: int) -> tuple[float, float]:
+    """The configs' label widths for an input size; other sizes scaled from 256 x 192 as the configs scale
+    them (x 1.5 in size gives x sqrt 2 in sigma: exponent log 2 / log 2.25)."""
+    if (w, h) in SIGMAS:
+        return SIGMAS[(w, h)]
+    e = np.log(2) / np.log(2.25)
+    return SIGMAS[(192, 256)][0] * (w / 192) ** e, SIGMAS[(192, 256)][1] * (h / 256) ** e
 
 
 def simcc_loss(px: torch.Tensor, py: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor, w: torch.Tensor,
@@ -145,37 +165,81 @@ def _batches(samples: Samples, cfg: ModelConfig, tcfg: TrainConfig, flip_index: 
         yield item
 
 
-def save_checkpoint(model: SimCCNet, path: Path, extra: dict | None = None) -> None:
-    import io
+def one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """OneCycle (10 % warm-up from lr / 25, cosine decay); a short run still warms up over 2.5 steps (torch's
+    OneCycle starts at the peak below 10 steps and divides by zero at exactly 10)."""
+    steps = max(1, steps)
+    pct = min(0.5, max(0.1, 2.5 / steps)) if steps >= 3 else 0.1
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct)
 
-    buf = io.BytesIO()
-    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict(), **(extra or {})}, buf)
+
+def kind_of(model: torch.nn.Module) -> str:
+    return "rtmpose" if isinstance(model, RTMPose) else "simcc"
+
+
+def save_checkpoint(model: torch.nn.Module, path: Path, io: OnnxIO | None = None, extra: dict | None = None) -> None:
+    """Model kind, config, weights and the I/O contract of its export (plus ``extra``: epoch, optimiser...)."""
+    import io as _io
+
+    buf = _io.BytesIO()
+    torch.save({"kind": kind_of(model), "config": model.cfg.to_dict(), "state_dict": model.state_dict(),
+                "io": (io or OnnxIO.spinepose(model.cfg)).to_dict(), **(extra or {})}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: Path) -> SimCCNet:
+def read_checkpoint(path: Path) -> dict:
     try:
-        ck = torch.load(str(path), map_location="cpu", weights_only=False)
-        model = SimCCNet(ModelConfig(**ck["config"]))
-        model.load_state_dict(ck["state_dict"])
+        return torch.load(str(path), map_location="cpu", weights_only=False)
     except FileNotFoundError:
         raise InputError(path, "checkpoint not found") from None
     except Exception as e:
         raise InputError(path, f"not a spinetrack checkpoint ({e})") from None
-    return model
 
 
-def export(model: SimCCNet, path: Path) -> None:
+def load_checkpoint(path: Path, ck: dict | None = None) -> tuple[torch.nn.Module, OnnxIO]:
+    """The model of a checkpoint (either kind) and the I/O contract its export keeps."""
+    ck = ck or read_checkpoint(path)
+    try:
+        net, config = KINDS[ck.get("kind", "simcc")]
+        model = net(config(**ck["config"]))
+        model.load_state_dict(ck["state_dict"])
+        io = OnnxIO.from_dict(ck["io"]) if "io" in ck else OnnxIO.spinepose(model.cfg)
+    except Exception as e:
+        raise InputError(path, f"not a spinetrack checkpoint ({e!r})") from None
+    return model, io
+
+
+def init_model(init: Path | None, mcfg: ModelConfig, log: Callable[[str], None]) -> tuple[torch.nn.Module, OnnxIO]:
+    """A new reference model, an RTMPose / SpinePose ONNX export (checked against onnxruntime), or a checkpoint."""
+    if init is None:
+        model = SimCCNet(mcfg)
+        return model, OnnxIO.spinepose(model.cfg)
+    if init.suffix.lower() == ".onnx":
+        from . import onnx_import
+
+        model, io, diff = onnx_import.load(init)
+        c = model.cfg
+        log(f"{init}: RTMPose (deepen {c.deepen}, widen {c.widen}, {c.num_keypoints} keypoints, "
+            f"{c.input_w} x {c.input_h}) loaded; max |simcc| difference to onnxruntime {diff:.1e}")
+        return model, io
+    return load_checkpoint(init)
+
+
+def export(model: torch.nn.Module, path: Path, io: OnnxIO | None = None) -> None:
     """ONNX export through a temporary file and an atomic rename."""
     tmp = path.with_name(f".{path.name}.tmp")
-    export_onnx(model, str(tmp))
+    export_onnx(model, str(tmp), io)
     tmp.replace(path)
 
 
 def train(train_json: Path, images_dir: Path, val_json: Path, val_images: Path, out_dir: Path,
           tcfg: TrainConfig = TrainConfig(), mcfg: ModelConfig | None = None, init: Path | None = None,
-          log: Callable[[str], None] = print) -> dict:
-    """Train, validate every epoch, write ``out_dir/model.pt``, ``model.onnx`` and ``metrics.json``."""
+          log: Callable[[str], None] = print, resume: bool = False) -> dict:
+    """Train, validate every epoch, write ``out_dir/model.pt``, ``model.onnx`` and ``metrics.json``.
+
+    ``init``: a checkpoint (model.pt) or an RTMPose / SpinePose ONNX file to start from (else a new reference
+    model of ``mcfg``). ``resume``: continue the run whose checkpoint is ``out_dir/model.pt`` (model, optimiser,
+    schedule, random state and history) after its last finished epoch."""
     torch.set_num_threads(tcfg.threads)
     torch.manual_seed(tcfg.seed)
     rng = np.random.default_rng(tcfg.seed)
@@ -183,23 +247,42 @@ def train(train_json: Path, images_dir: Path, val_json: Path, val_images: Path, 
     samples = load_samples(train_ds, images_dir)
     if not samples:
         raise InputError(train_json, "no person with a box and labelled keypoints to train on")
-    model = load_checkpoint(init) if init else SimCCNet(mcfg or ModelConfig(num_keypoints=train_ds.skeleton.num_keypoints))
+    ck_path = out_dir / "model.pt"
+    ck = read_checkpoint(ck_path) if resume and ck_path.is_file() else None
+    if ck is not None:
+        model, io = load_checkpoint(ck_path, ck)
+    else:
+        model, io = init_model(init, mcfg or ModelConfig(num_keypoints=train_ds.skeleton.num_keypoints), log)
     if model.cfg.num_keypoints != train_ds.skeleton.num_keypoints:
         raise InputError(train_json, f"{train_ds.skeleton.num_keypoints} keypoints, the model has "
                                      f"{model.cfg.num_keypoints}")
     flip = train_ds.skeleton.flip_index
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    lr = tcfg.lr or LR[kind_of(model)]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=tcfg.weight_decay)
     n_batches = -(-min(len(samples), tcfg.max_samples or len(samples)) // tcfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg.lr, total_steps=max(1, tcfg.epochs * n_batches),
-                                                pct_start=0.1)
+    sched = one_cycle(opt, lr, tcfg.epochs * n_batches)
     out_dir.mkdir(parents=True, exist_ok=True)
-    history = []
-    log(f"training on {len(samples)} persons, validating on {len(val_ds)}; "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
-    for epoch in range(1, tcfg.epochs + 1):
+    history: list[dict] = []
+    start = 1
+    if ck is not None:
+        same = lambda t: {k: v for k, v in t.items() if k != "threads"}  # noqa: E731
+        if "optimizer" not in ck or same(ck.get("train") or {}) != same({**asdict(tcfg), "lr": lr}):
+            raise InputError(ck_path, "cannot resume: the run was started with other training settings "
+                                      f"({ck.get('train')})")
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        history, start = ck["history"], ck["epoch"] + 1
+        log(f"resuming {ck_path} after epoch {ck['epoch']}/{tcfg.epochs}")
+    log(f"training {kind_of(model)} on {len(samples)} persons, validating on {len(val_ds)}; "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, lr {lr:g}")
+    metrics: dict = {}
+    for epoch in range(start, tcfg.epochs + 1):
         model.train()
         t0, losses = time.perf_counter(), []
-        for x, tx, ty, w in _batches(samples, model.cfg, tcfg, flip, rng):
+        for x, tx, ty, w in progress(_batches(samples, model.cfg, tcfg, flip, rng), total=n_batches,
+                                     description=f"epoch {epoch}/{tcfg.epochs}"):
             px, py = model(torch.from_numpy(x))
             loss = simcc_loss(px, py, torch.from_numpy(tx), torch.from_numpy(ty), torch.from_numpy(w))
             opt.zero_grad()
@@ -207,14 +290,20 @@ def train(train_json: Path, images_dir: Path, val_json: Path, val_images: Path, 
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
-        export(model, out_dir / "model.onnx")
-        save_checkpoint(model, out_dir / "model.pt", {"epoch": epoch})
+        seconds = time.perf_counter() - t0
+        export(model, out_dir / "model.onnx", io)
         metrics = evaluate_model(out_dir / "model.onnx", val_ds, val_images, tcfg.threads)
-        entry = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
+        entry = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": seconds,
                  **{f"AP_{g}": m["AP"] for g, m in metrics.items()}}
         history.append(entry)
+        save_checkpoint(model, ck_path, io, {"epoch": epoch, "train": {**asdict(tcfg), "lr": lr},
+                                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                                             "history": history})
         log(f"epoch {epoch}/{tcfg.epochs}: loss {entry['loss']:.4f}, " +
             ", ".join(f"{g} AP {m['AP']:.3f}" for g, m in metrics.items()) + f" ({entry['seconds']:.0f} s)")
-        atomic_write_text(out_dir / "metrics.json", json.dumps({"train": asdict(tcfg), "model": model.cfg.to_dict(),
+        atomic_write_text(out_dir / "metrics.json", json.dumps({"train": {**asdict(tcfg), "lr": lr},
+                                                                "model": {"kind": kind_of(model),
+                                                                          **model.cfg.to_dict()},
                                                                 "history": history, "final": metrics}, indent=1))
-    return history[-1]
+    return history[-1] if history else {}
