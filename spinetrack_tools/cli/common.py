@@ -70,13 +70,13 @@ def report_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def ray_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--ray and --ray-address (the ``ray`` extra); ``ray_target`` turns them into the address to run at."""
     fn = click.option("--ray-address", metavar="local|auto|ray://HOST:PORT", default=None,
-                      help="The Ray cluster to run on (implies --ray): local = start one on this machine, auto = "
-                           "the cluster this machine is part of, ray://... = a remote one through Ray Client. The "
+                      help="The Ray cluster to run on (implies --ray): local = as ray.init() (RAY_ADDRESS, else "
+                           "this machine's latest cluster, else a new one for the command), auto = the cluster "
+                           "this machine is part of, ray://... = a remote one through Ray Client. The "
                            "images must be readable at the same paths on every node.")(fn)
     return click.option("--ray", "use_ray", is_flag=True,
-                        help="Run the predictions with Ray Data, one onnxruntime session per actor (a local Ray "
-                             "cluster unless --ray-address or RAY_ADDRESS names one); default: in this "
-                             "process.")(fn)
+                        help="Run the predictions with Ray Data, one onnxruntime session per actor (on "
+                             "--ray-address, default local); default: in this process.")(fn)
 
 
 def ray_target(use_ray: bool, address: str | None) -> str | None:

@@ -25,7 +25,7 @@ from ..skeleton import Skeleton
 from .model import PersonDetector, PoseModel, best_providers, make_session
 from .predict import _Job, assemble, check_skeleton, groups, predict, predict_group, session_threads
 
-LOCAL = "local"  # a Ray address meaning: start a cluster on this machine (or join RAY_ADDRESS, as ray.init does)
+LOCAL = "local"  # as ray.init(): RAY_ADDRESS, else this machine's latest cluster, else a new local one
 
 
 @contextmanager
