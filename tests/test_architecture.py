@@ -21,7 +21,8 @@ FLOORS = [
     ["biomech.osim", "biomech.geometry", "biomech.population", "validate", "inference.model", "agreement"],
     ["inference.hub", "train.onnx_import"],
     ["biomech.poses", "biomech.rules", "biomech.fit", "labelstudio.convert", "inference.predict"],
-    ["quality", "synth", "biomech.calibrate", "labelstudio.server", "browse", "train.trainer"],
+    ["quality", "synth", "biomech.calibrate", "labelstudio.server", "browse", "train.trainer",
+     "inference.distributed"],
     ["labelstudio.client", "active_learning.workspace", "active_learning.strategies", "active_learning.gate",
      "active_learning.review"],
     ["active_learning.simulate", "active_learning.rounds"],
@@ -74,7 +75,7 @@ def test_every_module_has_a_floor_and_imports_only_downwards():
 
 def test_the_command_line_entry_imports_nothing_heavy():
     heavy = ("pandas", "onnxruntime", "cv2", "scipy", "torch", "fiftyone", "label_studio_sdk", "opensim", "PIL",
-             "matplotlib", "huggingface_hub", "rich")
+             "matplotlib", "huggingface_hub", "rich", "ray")
     code = ("import sys, spinetrack_tools.cli; print(' '.join(m for m in sys.modules if m.split('.')[0] in "
             f"{heavy!r}))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

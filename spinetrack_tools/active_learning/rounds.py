@@ -25,7 +25,8 @@ import numpy as np
 from ..coco import load_coco, read_persons, read_results, save_coco
 from ..findings import Report
 from ..inference.model import PersonDetector, PoseModel
-from ..inference.predict import evaluate_model, jobs_for_images, jobs_from_coco, predict
+from ..inference.distributed import ray_session, run_predict
+from ..inference.predict import evaluate_model, jobs_for_images, jobs_from_coco
 from ..io import InputError, atomic_write_bytes, load_json, save_json
 from ..persons import Persons
 from .strategies import PoolScores, select
@@ -36,18 +37,19 @@ Echo = Callable[[str], None]
 
 def run_round(ws: Workspace, n: int, wait: bool = False, until: str | None = None, echo: Echo = print,
               annotate: Callable[[Workspace, int], None] | None = None, poll_s: float = 5.0,
-              timeout_s: float = 24 * 3600, oracle: Persons | None = None) -> bool:
+              timeout_s: float = 24 * 3600, oracle: Persons | None = None, ray_address: str | None = None) -> bool:
     """Run round ``n`` as far as possible; True when it finished (or reached ``until``).
 
     With ``oracle`` (the true labels; benchmarks only) Label Studio is left out: the selected images' true
-    labels stand in for the pulled corrections.
+    labels stand in for the pulled corrections. ``ray_address``: the select stage predicts on Ray there
+    (``distributed.run_predict``); None: in this process.
     """
     if n > 1 and not ws.done(n - 1, "evaluate"):
         raise InputError(ws.path, f"round {n - 1} is not finished; run `spinetrack al-round --iter {n - 1}` first")
     if until is not None and until not in STAGES:
         raise InputError(None, f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     steps: dict[str, Callable[[], bool]] = {
-        "select": lambda: stage_select(ws, n, echo),
+        "select": lambda: stage_select(ws, n, echo, ray_address),
         "predict": lambda: stage_predict(ws, n, echo),
         "push": lambda: stage_push(ws, n, echo) if oracle is None else _skip(ws, n, "push"),
         "pull": lambda: stage_pull(ws, n, echo, wait, annotate, poll_s, timeout_s) if oracle is None
@@ -98,7 +100,7 @@ def person_detector(ws: Workspace) -> PersonDetector | None:
 
 
 # select and predict ---------------------------------------------------------------------------------------
-def stage_select(ws: Workspace, n: int, echo: Echo) -> bool:
+def stage_select(ws: Workspace, n: int, echo: Echo, ray_address: str | None = None) -> bool:
     cfg = ws.config["selection"]
     pool_ids = ws.ids_with(Status.POOL)
     if not pool_ids:
@@ -107,9 +109,10 @@ def stage_select(ws: Workspace, n: int, echo: Echo) -> bool:
     model, detector, images = pose_model(ws, n), person_detector(ws), ws.data("images")
     jobs = jobs_from_coco(pool, images) if detector is None else jobs_for_images(
         [(int(i), images / str(f), str(f)) for i, f in zip(pool.images["id"], pool.images["file_name"])])
-    preds = predict(model, jobs, pool.skeleton, detector, batch_size=32)
-    flipped = predict(model, jobs, pool.skeleton, detector, batch_size=32, flip=True) \
-        if cfg["strategy"] in ("flip", "hybrid") else None
+    with ray_session(ray_address):  # one connection for both passes
+        preds = run_predict(ray_address, model, jobs, pool.skeleton, detector, batch_size=32)
+        flipped = run_predict(ray_address, model, jobs, pool.skeleton, detector, batch_size=32, flip=True) \
+            if cfg["strategy"] in ("flip", "hybrid") else None
     scores = PoolScores(np.array(sorted(pool_ids)), preds, flipped)
     chosen, score = select(scores, cfg["strategy"], int(cfg["batch_size"]),
                            np.random.default_rng(int(cfg.get("seed", 0)) + n))

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..active_learning import DEFAULT_STRATEGY, STRATEGY_NAMES
-from .common import LS_DIR, workspace_option
+from .common import LS_DIR, ray_options, ray_target, workspace_option
 
 
 @click.command("init")
@@ -102,17 +102,20 @@ def _pinned(model: str, revision: str | None) -> str:
 @click.option("--wait", is_flag=True, help="Poll Label Studio until the batch is annotated.")
 @click.option("--until", type=click.Choice(["select", "predict", "push", "pull", "gate", "merge", "retrain",
                                             "evaluate"]), help="Stop after this stage.")
-def al_round(n: int, ws_path: Path, wait: bool, until: str | None) -> None:
+@ray_options
+def al_round(n: int, ws_path: Path, wait: bool, until: str | None, use_ray: bool, ray_address: str | None) -> None:
     """Run active-learning round N: select, predict, push, pull, gate, merge, retrain, evaluate.
 
     Every stage is checkpointed in the workspace: kill the command anywhere and run it again. Without
-    --wait the command reports annotation progress and exits 0 until the batch is done.
+    --wait the command reports annotation progress and exits 0 until the batch is done. With --ray the
+    select stage predicts on the pool with Ray Data (the same predictions, so the same images are picked).
     """
     from ..active_learning.rounds import run_round
     from ..active_learning.workspace import Workspace
 
+    where = ray_target(use_ray, ray_address)
     ws = Workspace.open(ws_path)
-    finished = run_round(ws, n, wait=wait, until=until, echo=click.echo)
+    finished = run_round(ws, n, wait=wait, until=until, echo=click.echo, ray_address=where)
     click.echo(f"round {n}: {'done' if finished else 'waiting for annotations'} (stage "
                f"{ws.stage(n) or 'none'})")
 

@@ -67,6 +67,30 @@ def report_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                         help="Write the findings as JSON ({'summary': ..., 'findings': [...]}).")(fn)
 
 
+def ray_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--ray and --ray-address (the ``ray`` extra); ``ray_target`` turns them into the address to run at."""
+    fn = click.option("--ray-address", metavar="local|auto|ray://HOST:PORT", default=None,
+                      help="The Ray cluster to run on (implies --ray): local = as ray.init() (RAY_ADDRESS, else "
+                           "this machine's latest cluster, else a new one for the command), auto = the cluster "
+                           "this machine is part of, ray://... = a remote one through Ray Client. The "
+                           "images must be readable at the same paths on every node.")(fn)
+    return click.option("--ray", "use_ray", is_flag=True,
+                        help="Run the predictions with Ray Data, one onnxruntime session per actor (on "
+                             "--ray-address, default local); default: in this process.")(fn)
+
+
+def ray_target(use_ray: bool, address: str | None) -> str | None:
+    """Where --ray / --ray-address ask to predict: None (in this process), ``local`` or a Ray address; a clear
+    error when Ray is asked for and not installed."""
+    target = address or ("local" if use_ray else None)
+    if target is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise BadInput("--ray needs the ray extra: pip install 'spinetrack-tools[ray]'")
+    return target
+
+
 def noise_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--noise", type=click.FloatRange(0, 1), default=None,
                         help="Annotation noise to allow for, as a multiple of the annotators' spread (the "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import BadInput, resolve_skeleton, skeleton_option
+from .common import BadInput, ray_options, ray_target, resolve_skeleton, skeleton_option
 
 
 @click.command("predict")
@@ -32,9 +32,11 @@ from .common import BadInput, resolve_skeleton, skeleton_option
 @click.option("--det-score", default=None, type=click.FloatRange(0, 1),
               help="Detector score threshold (default: 0.3 for RF-DETR, as the spinepose package; 0.5 for an "
                    "NMS-exported detector).")
+@ray_options
 def predict_cmd(model_arg: str, images_dir: Path, boxes_path: Path | None, detector_arg: str | None,
                 revision: str | None, det_revision: str | None, out_path: Path, batch_size: int, rgb: bool,
-                score_mode: str, threads: int, det_score: float | None) -> None:
+                score_mode: str, threads: int, det_score: float | None, use_ray: bool,
+                ray_address: str | None) -> None:
     """Pre-annotate images with a top-down ONNX pose model.
 
     Boxes come from a COCO file (--boxes) or a person detector (--detector); each is padded by 1.25,
@@ -43,14 +45,17 @@ def predict_cmd(model_arg: str, images_dir: Path, boxes_path: Path | None, detec
     get the package's smoothed spine). The instance score is the box score times the mean of the keypoint
     confidences above 0.2, as the SpineTrack metric does. Released models are fetched into the Hugging
     Face cache (HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE apply) and checked against the Hub's sha256.
+    With --ray the same batches run on Ray Data actors (the ray extra): the same results, in the same order.
     """
     from ..coco import read_persons
     from ..inference.hub import load_person_detector, load_pose_model, parse
-    from ..inference.predict import jobs_from_coco, jobs_from_folder, predict
+    from ..inference.distributed import run_predict
+    from ..inference.predict import jobs_from_coco, jobs_from_folder
     from ..io import save_json
 
     if (boxes_path is None) == (detector_arg is None):
         raise click.UsageError("give exactly one of --boxes and --detector")
+    where = ray_target(use_ray, ray_address)
     if not images_dir.is_dir():
         raise BadInput(f"{images_dir}: images folder not found")
     parse(model_arg, "pose")  # both names checked before anything is fetched
@@ -67,7 +72,8 @@ def predict_cmd(model_arg: str, images_dir: Path, boxes_path: Path | None, detec
     missing = [str(p) for p, _ in jobs if not p.is_file()]
     if missing:
         raise BadInput(f"{missing[0]}: image not found ({len(missing)} missing)")
-    preds = predict(model, jobs, skeleton, detector, batch_size=batch_size, rgb=rgb, score_mode=score_mode)
+    preds = run_predict(where, model, jobs, skeleton, detector, batch_size=batch_size, rgb=rgb,
+                        score_mode=score_mode)
     save_json(out_path, preds.to_results())
     click.echo(f"{len(preds)} persons on {len(jobs)} images -> {out_path}")
 

@@ -12,12 +12,13 @@ from ..io import InputError
 from . import transforms as T
 
 
-def make_session(path: str | Path, threads: int = 2):
-    """An onnxruntime CPU session (``threads`` intra-op threads, all graph optimisations)."""
+def make_session(model: str | Path | bytes, threads: int = 2, providers: list[str] | None = None):
+    """An onnxruntime session of an ONNX file (or its bytes): ``threads`` intra-op threads, all graph
+    optimisations, on ``providers`` (default: the CPU)."""
     import onnxruntime as ort
 
-    path = Path(path)
-    if not path.is_file():
+    path = None if isinstance(model, bytes) else Path(model)
+    if path is not None and not path.is_file():
         raise InputError(path, "model file not found")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -28,9 +29,18 @@ def make_session(path: str | Path, threads: int = 2):
     # the image preparation between runs
     opts.add_session_config_entry("session.force_spinning_stop", "1")
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model if path is None else str(path), opts,
+                                    providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for unreadable graphs
         raise InputError(path, f"not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+
+
+def best_providers() -> list[str]:
+    """The CUDA execution provider when this onnxruntime has it (then the CPU), else the CPU."""
+    import onnxruntime as ort
+
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in \
+        ort.get_available_providers() else ["CPUExecutionProvider"]
 
 
 def _dim(v: object) -> int | None:
@@ -119,6 +129,7 @@ class Detector:  # the NMS-exported format (RF-DETR's raw queries: ``RFDETR``)
     input_name: str
     input_hw: tuple[int, int]
     score_thr: float = 0.5
+    path: Path | None = None  # the ONNX file (for a copy of the session elsewhere, e.g. a Ray actor)
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 2, score_thr: float = 0.5) -> "Detector":
@@ -160,6 +171,7 @@ class RFDETR:
     input_hw: tuple[int, int]
     score_thr: float = 0.3
     num_select: int = 300
+    path: Path | None = None  # the ONNX file (for a copy of the session elsewhere, e.g. a Ray actor)
 
     MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
     INV_STD = (1.0 / np.array([0.229, 0.224, 0.225], dtype=np.float32)).astype(np.float32)
@@ -202,8 +214,8 @@ def load_detector(path: str | Path, threads: int = 2, score_thr: float | None = 
     outs = [list(o.shape) for o in sess.get_outputs()]
     hw = (int(shape[2]), int(shape[3]))
     if len(outs) >= 2 and len(outs[0]) == 3 and outs[0][-1] == 4 and len(outs[1]) == 3:
-        return RFDETR(sess, inp.name, hw, 0.3 if score_thr is None else score_thr)
+        return RFDETR(sess, inp.name, hw, 0.3 if score_thr is None else score_thr, path=Path(path))
     if outs and len(outs[0]) == 3 and outs[0][-1] == 5:
-        return Detector(sess, inp.name, hw, 0.5 if score_thr is None else score_thr)
+        return Detector(sess, inp.name, hw, 0.5 if score_thr is None else score_thr, Path(path))
     raise InputError(path, f"outputs {outs} are neither RF-DETR (boxes [1, Q, 4], logits [1, Q, C]) nor a "
                            "detector with its NMS exported (dets [1, N, 5])")

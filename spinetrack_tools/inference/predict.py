@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -107,33 +108,98 @@ def _prepare(path: Path, job: _Job, model: PoseModel, detector: PersonDetector |
     return job, size, T.normalize(crops, rgb, model.layout), center, scale, np.full(len(center), img.shape[1])
 
 
-def _batches(jobs: list[tuple[Path, _Job]], model: PoseModel, detector: PersonDetector | None, rgb: bool, flip: bool,
-             batch_size: int, threads: int) -> Iterator[tuple[list[_Job], list[tuple[int, int]], list[int],
-                                                                 np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Batches of at least ``batch_size`` crops (whole images), in job order.
+Group = list[tuple[Path, _Job]]
 
-    The images of each batch are prepared by ``threads`` worker threads while the network is idle, then the
-    network runs on all cores: preparing during inference would only take the cores from onnxruntime,
-    whose threads wait for each other at every layer.
-    """
-    cv2_threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # parallel across images instead (a process-wide setting: restored below)
-    todo = iter(progress(jobs, total=len(jobs), description="predicting"))
+
+@dataclass
+class Batch:
+    """One network batch's predictions: its images (in job order, with their sizes as read), the number of
+    persons of each, and their keypoints [N, K, 2] and confidences [N, K] (after flip and post-process)."""
+
+    jobs: list[_Job]
+    sizes: list[tuple[int, int]]
+    counts: list[int]
+    keypoints: np.ndarray
+    confidences: np.ndarray
+
+
+def groups(jobs: Iterable[tuple[Path, _Job]], batch_size: int, detector: bool) -> Iterator[Group]:
+    """Consecutive jobs, each group whole images whose known boxes just reach ``batch_size`` crops (with a
+    detector, whose boxes are not known yet: ``batch_size`` images)."""
+    group, need = [], batch_size
+    for path, job in jobs:
+        group.append((path, job))
+        need -= 1 if detector else max(1, len(job.boxes))
+        if need <= 0:
+            yield group
+            group, need = [], batch_size
+    if group:
+        yield group
+
+
+@contextmanager
+def single_threaded_cv2() -> Iterator[None]:
+    """OpenCV on one thread inside the block (images are prepared in parallel instead); the process-wide
+    setting is restored after."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     try:
-        with ThreadPoolExecutor(max(1, threads)) as pool:
-            while True:
-                group, need = [], batch_size
-                for path, job in todo:  # images until their known boxes fill a batch (detector: one each)
-                    group.append((path, job))
-                    need -= 1 if detector is not None else max(1, len(job.boxes))
-                    if need <= 0:
-                        break
-                if not group:
-                    return
-                jobs_, sizes, *arrays = zip(*pool.map(lambda pj: _prepare(*pj, model, detector, rgb, flip), group))
-                yield (list(jobs_), list(sizes), [len(x) for x in arrays[0]], *(np.concatenate(a) for a in arrays))
+        yield
     finally:
-        cv2.setNumThreads(cv2_threads)
+        cv2.setNumThreads(before)
+
+
+def predict_group(model: PoseModel, skeleton: Skeleton, group: Group, detector: PersonDetector | None,
+                  pool: ThreadPoolExecutor, rgb: bool = False, score_mode: str = "mean", flip: bool = False) -> Batch:
+    """Predict one group of images as one batch: the images are read, detected, cropped and normalised by the
+    ``pool``'s threads while the network is idle, then the network runs on all cores (preparing during
+    inference would only take the cores from onnxruntime, whose threads wait for each other at every layer).
+
+    The one per-batch step of every path (in-process ``predict``, ``distributed``'s Ray actors)."""
+    jobs, sizes, *arrays = zip(*pool.map(lambda pj: _prepare(*pj, model, detector, rgb, flip), group))
+    counts = [len(a) for a in arrays[0]]
+    x, center, scale, width = (np.concatenate(a) for a in arrays)
+    k = model.num_keypoints
+    if len(x):
+        kp, conf = model.decode(model.run(x), center, scale, score_mode)
+        if flip:
+            kp[..., 0] = width[:, None] - 1 - kp[..., 0]
+            kp, conf = kp[:, skeleton.flip_index], conf[:, skeleton.flip_index]
+        kp = model.postprocess(kp)
+    else:
+        kp, conf = np.zeros((0, k, 2)), np.zeros((0, k))
+    return Batch(list(jobs), list(sizes), counts, kp, conf)
+
+
+def check_skeleton(model: PoseModel, skeleton: Skeleton | None) -> Skeleton:
+    """The layout of the model's keypoints: ``skeleton`` (checked) or the default for their count."""
+    sk = skeleton or skeleton_for_count(model.num_keypoints)
+    if sk.num_keypoints != model.num_keypoints:
+        raise InputError(model.path, f"the model predicts {model.num_keypoints} keypoints, the layout "
+                                     f"{sk.name} has {sk.num_keypoints}")
+    return sk
+
+
+def assemble(batches: Iterable[Batch], skeleton: Skeleton, source: str) -> Persons:
+    """The predictions of the batches, in their order, as one ``Persons`` (with every image)."""
+    parts: list[Persons] = []
+    images: list[dict] = []
+    for b in batches:
+        start = 0
+        for job, (w, h), c in zip(b.jobs, b.sizes, b.counts):
+            sl = slice(start, start + c)
+            images.append({"id": job.image_id, "file_name": job.file_name, "width": w, "height": h})
+            parts.append(Persons.build(skeleton, np.concatenate([b.keypoints[sl], b.confidences[sl, :, None]], axis=2),
+                                       np.full(c, job.image_id), ann_ids=job.source_ids, category_ids=job.category_ids,
+                                       boxes=job.boxes, scores=instance_scores(b.confidences[sl], job.box_scores),
+                                       predicted=True, source=source))
+            start += c
+    return concat(parts, skeleton, predicted=True, images=images_table(images))
+
+
+def session_threads(model: PoseModel) -> int:
+    """The intra-op threads of the model's session (all cores when it left the choice to onnxruntime)."""
+    return model.session.get_session_options().intra_op_num_threads or os.cpu_count() or 1
 
 
 def predict(model: PoseModel, jobs: list[tuple[Path, _Job]], skeleton: Skeleton | None = None,
@@ -143,38 +209,20 @@ def predict(model: PoseModel, jobs: list[tuple[Path, _Job]], skeleton: Skeleton 
     with the raw confidences, the box used, the source annotation id, the authors' instance score, and the
     images (with their sizes as read).
 
-    ``skeleton`` names the model's keypoints (default: the SpineTrack layout when the model has 37, else a
-    custom one). With ``flip`` the images are mirrored before cropping and the keypoints mirrored back with
-    left and right swapped (flip test).
+    Batches of at least ``batch_size`` crops (whole images, see ``groups``), in this process (``distributed``
+    runs the same batches on Ray). ``skeleton`` names the model's keypoints (default: the SpineTrack layout
+    when the model has 37, else a custom one). With ``flip`` the images are mirrored before cropping and the
+    keypoints mirrored back with left and right swapped (flip test).
     """
-    sk = skeleton or skeleton_for_count(model.num_keypoints)
-    if sk.num_keypoints != model.num_keypoints:
-        raise InputError(model.path, f"the model predicts {model.num_keypoints} keypoints, the layout "
-                                     f"{sk.name} has {sk.num_keypoints}")
-    parts: list[Persons] = []
-    images: list[dict] = []
-    threads = model.session.get_session_options().intra_op_num_threads or os.cpu_count() or 1
-    k = model.num_keypoints
-    for batch_jobs, sizes, counts, x, center, scale, width in _batches(jobs, model, detector, rgb, flip,
-                                                                       batch_size, threads):
-        if len(x):
-            kp, conf = model.decode(model.run(x), center, scale, score_mode)
-            if flip:
-                kp[..., 0] = width[:, None] - 1 - kp[..., 0]
-                kp, conf = kp[:, sk.flip_index], conf[:, sk.flip_index]
-            kp = model.postprocess(kp)
-        else:
-            kp, conf = np.zeros((0, k, 2)), np.zeros((0, k))
-        start = 0
-        for job, (w, h), c in zip(batch_jobs, sizes, counts):
-            sl = slice(start, start + c)
-            images.append({"id": job.image_id, "file_name": job.file_name, "width": w, "height": h})
-            parts.append(Persons.build(sk, np.concatenate([kp[sl], conf[sl, :, None]], axis=2),
-                                       np.full(c, job.image_id), ann_ids=job.source_ids, category_ids=job.category_ids,
-                                       boxes=job.boxes, scores=instance_scores(conf[sl], job.box_scores),
-                                       predicted=True, source=str(model.path)))
-            start += c
-    return concat(parts, sk, predicted=True, images=images_table(images))
+    sk = check_skeleton(model, skeleton)
+
+    def run() -> Iterator[Batch]:
+        todo = progress(jobs, total=len(jobs), description="predicting")
+        with single_threaded_cv2(), ThreadPoolExecutor(session_threads(model)) as pool:
+            for group in groups(todo, batch_size, detector is not None):
+                yield predict_group(model, sk, group, detector, pool, rgb, score_mode, flip)
+
+    return assemble(run(), sk, str(model.path))
 
 
 def evaluate_model(model: PoseModel | Path, val: Persons, images_dir: Path,

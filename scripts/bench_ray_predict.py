@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Benchmark: `predict` on Ray Data (a local cluster of --cpus CPUs) against the in-process path, on one box.
+
+Renders synthetic images (1-3 persons each), exports a SimCC model of SpinePose-s-like cost with the
+reference trainer's architecture (random weights; needs the torch extra) unless --model is given, starts
+Ray once (its start-up is printed, not counted), then times, interleaved and repeated: (a) `predict`
+in this process; (b) `distributed.predict_ray` (actor start-up, model load, reading, cropping and
+inference in the actors, results back in order) and checks that both give identical predictions.
+Target: (b) / (a) <= 1.15. Each Ray predict starts its actors afresh (Ray Data's actor pool lives for one
+dataset): that fixed cost is printed too (a Ray predict of 3 images), and it is what the ratio pays on a
+small job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2, help="onnxruntime threads (per actor)")
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    ap.add_argument("--actors", type=int, help="Ray actors (default: cpus // threads)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--model", type=Path, help="an ONNX pose model (default: export a SpinePose-s-sized one)")
+    ap.add_argument("--width", type=float, default=3.0, help="width of the exported model")
+    args = ap.parse_args()
+
+    import ray
+
+    from spinetrack_tools import synth
+    from spinetrack_tools.inference.distributed import predict_ray
+    from spinetrack_tools.inference.model import PoseModel
+    from spinetrack_tools.inference.predict import jobs_from_coco, predict
+    from spinetrack_tools.persons import Persons
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        coco = synth.generate(args.images, seed=1, image_dir=tmp / "images", fk="numpy")
+        path = args.model
+        if path is None:
+            import torch
+
+            from spinetrack_tools.train.model import ModelConfig, SimCCNet, export_onnx
+
+            torch.manual_seed(0)
+            net = SimCCNet(ModelConfig(width=args.width, depth=2))
+            path = tmp / "model.onnx"
+            export_onnx(net, str(path))
+            print(f"model: reference architecture, width {args.width}: "
+                  f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f} M parameters")
+        model = PoseModel.load(path, args.threads)
+        jobs = jobs_from_coco(Persons.from_coco(coco), tmp / "images")
+        n_persons = sum(len(j.boxes) for _, j in jobs)
+        t0 = time.perf_counter()
+        ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="warning")
+        t_init = time.perf_counter() - t0
+        try:
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            predict(model, jobs[:3], batch_size=args.batch_size)  # warm-up
+            predict_ray(model, jobs[:3], batch_size=args.batch_size, actors=args.actors)  # Ray's workers warm
+            t0 = time.perf_counter()
+            predict_ray(model, jobs[:3], batch_size=args.batch_size, actors=args.actors)
+            t_fixed = time.perf_counter() - t0
+            t_local, t_ray = [], []
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                a = predict(model, jobs, batch_size=args.batch_size)
+                t_local.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                b = predict_ray(model, jobs, batch_size=args.batch_size, actors=args.actors)
+                t_ray.append(time.perf_counter() - t0)
+                assert np.array_equal(a.keypoints, b.keypoints) and a.to_results() == b.to_results(), "differ"
+        finally:
+            ray.shutdown()
+    local, remote = statistics.median(t_local), statistics.median(t_ray)
+    actors = args.actors or max(1, args.cpus // args.threads)
+    print(f"{len(jobs)} images, {n_persons} persons, batch {args.batch_size}, {args.threads} onnxruntime threads; "
+          f"Ray: {args.cpus} CPUs, {actors} actor(s); predictions identical in all {args.repeat} runs")
+    print(f"ray.init (once, not counted): {t_init:.1f} s; a Ray predict of 3 images (actor start-up, model load): "
+          f"{t_fixed:.2f} s")
+    print(f"in-process predict: {local:.2f} s ({n_persons / local:.0f} persons/s)  runs {_fmt(t_local)}")
+    print(f"Ray predict:        {remote:.2f} s ({n_persons / remote:.0f} persons/s)  runs {_fmt(t_ray)}")
+    print(f"ratio {remote / local:.2f} (target <= 1.15)")
+
+
+def _fmt(ts: list[float]) -> str:
+    return " ".join(f"{t:.2f}" for t in ts)
+
+
+if __name__ == "__main__":
+    main()
