@@ -1,9 +1,10 @@
 """The gate between the pulled corrections and the next dataset version.
 
 Two stages for the biomechanics: the fast rules (``biomech.rules.check``) flag, and the deep fit of the
-OpenSim model (``biomech.fit``) confirms each flagged finding before an image is rejected: a finding stands
-when the fitted pose misses one of its keypoints by more than ``DEEP_SPINE_RESIDUAL`` torso lengths, and
-becomes a warning when the model explains it (only the flagged few are fitted). With several annotators,
+OpenSim model with the person's build (``biomech.fit``) confirms each flagged finding before an image is rejected:
+a finding stands when the fitted pose misses one of its keypoints by more than ``DEEP_SPINE_RESIDUAL`` torso
+lengths beyond the annotation noise, and becomes a warning when the model explains it (only the flagged few are
+fitted). With several annotators,
 persons whose annotators agree less than the threshold (OKS between them) go to review too. A reviewer's
 decision in Label Studio settles what the checks cannot: "plausible as drawn" merges the labels with
 ``via: review-override`` and the findings kept, "needs fixing" keeps the image out until the decision
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..biomech.fit import DEEP_SPINE_RESIDUAL, PoseFitter, fit_persons
+from ..biomech.fit import DEEP_SPINE_RESIDUAL, PoseFitter, fit_persons, unexplained
 from ..biomech.rules import Thresholds, check
 from ..agreement import AgreementTable
 from ..coco import CocoFile
@@ -38,13 +39,15 @@ def overridable(check_name: str) -> bool:
 
 
 def two_stage(ds: Persons, deep: bool = True, thresholds: Thresholds | None = None,
-              fitter: PoseFitter | None = None, bound: float = DEEP_SPINE_RESIDUAL) -> Report:
+              fitter: PoseFitter | None = None, bound: float = DEEP_SPINE_RESIDUAL,
+              noise: float | None = None) -> Report:
     """The fast rules' findings on ``ds``, each error confirmed by the deep fit (``deep``) or made a warning.
 
-    Every judged finding carries ``values["deep_residual"]``: the largest residual of the fit at the
-    finding's keypoints, in torso lengths (NaN where the fit could not judge them: the error stands).
+    ``noise``: the annotation noise level (default: measured on ``ds``). Every judged finding carries ``values["deep_residual"]``: the largest residual of the fit at the
+    finding's keypoints beyond what the annotation noise explains (``fit.unexplained``), in torso lengths (NaN
+    where the fit could not judge them: the error stands).
     """
-    report = check(ds, thresholds)
+    report = check(ds, thresholds, noise)
     errors = [f for f in report.findings if f.severity == "error"]
     if not deep or not errors:
         return report
@@ -52,7 +55,7 @@ def two_stage(ds: Persons, deep: bool = True, thresholds: Thresholds | None = No
     errors = [f for f in errors if (f.image_id, f.annotation_id) in row_of]
     rows = sorted({row_of[(f.image_id, f.annotation_id)] for f in errors})
     fits = fit_persons(ds, np.array(rows), fitter)
-    residuals = dict(zip(rows, fits.residuals))
+    residuals = dict(zip(rows, unexplained(ds, np.array(rows), fits.residuals, noise)))
     index = {n: k for k, n in enumerate(ds.skeleton.names)}
     for f in errors:
         res = residuals[row_of[(f.image_id, f.annotation_id)]][[index[k] for k in f.keypoints if k in index]]

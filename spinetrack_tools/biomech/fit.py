@@ -6,8 +6,11 @@ the model's numpy export (equal to OpenSim's, tested) with its exact Jacobian (e
 markers below it about its joint axis). A batched, bounded Levenberg-Marquardt solves many annotations
 and starting points at once: four starting orientations (front, back, both sides, since depth is
 ambiguous in 2D), then, for every limb the best fit leaves off, a grid of limb postures (an arm or a leg
-reaching forwards or backwards is the same in 2D until the rest of the body decides). Reported: the
-residual of each keypoint in torso lengths and the coordinates pinned at a range limit.
+reaching forwards or backwards is the same in 2D until the rest of the body decides), and last, for an
+annotation the model's own body still leaves off, the person's build as well: each ANSUR measure's factor on
+the model's segments and the annotator's placement habits, within the population's ranges
+(``population.build_bounds``; their derivatives by differences, exact since the markers are affine in them).
+Reported: the residual of each keypoint in torso lengths and the coordinates pinned at a range limit.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ from ..persons import Persons
 from ..progress import progress
 from .geometry import BodyGeometry, torso_fraction
 from .model import KinematicModel, default_model, euler, kinematics, rot
+from .population import CURVES, HABITS, build_bounds, build_geometry, curve_offsets
 
-# torso lengths (scripts/bench_gate.py): the fast rules' false alarms on plausible poses fit within 0.04 along the
-# spine, a chain bent by 20-40% of the torso leaves 0.12-0.34, two swapped chain points 0.04-0.46 (their distance)
-DEEP_SPINE_RESIDUAL = 0.05
+# torso lengths beyond what annotation noise explains (``DEEP_NOISE_K`` x noise x sigma_k x sqrt(area)): chosen on
+# the calibration seed (0) with people of every build, the gate's first stage and noise 0.1-0.5 (the README's table)
+DEEP_SPINE_RESIDUAL = 0.04
+DEEP_NOISE_K = 1.0
 LIMB_RESTART = 0.04  # torso lengths: a limb fitted worse than this is restarted from its grid of postures
+BUILD_REFIT = 0.03  # torso lengths: an annotation fitted worse than this by the model's body is refitted with its build
 LIMBS = {  # limb -> (bodies whose coordinates restart, start grid in degrees per (body, axis))
     "arm": (("upper_arm", "forearm"), {("upper_arm", 0): (-150, -90, -30, 30), ("upper_arm", 1): (0, 80),
                                        ("forearm", 0): (-20, -110)}),
@@ -39,6 +45,7 @@ class FitResult:
     residuals: np.ndarray  # [K] per-keypoint residual in torso lengths (NaN where not labelled)
     pinned: list[str]  # coordinates at a range limit
     coordinates: dict[str, float]  # fitted joint angles, radians
+    build: dict[str, float]  # fitted measure factors and placement habits (the model's own: factors 1, habits 0)
     cost: float
     evaluations: int
 
@@ -48,7 +55,7 @@ class BatchFit:
     """Fits of N annotations as arrays."""
 
     residuals: np.ndarray  # [N, K] torso lengths, NaN where not labelled
-    params: np.ndarray  # [N, P] coordinates, orientation, log scale, offset
+    params: np.ndarray  # [N, P] coordinates, orientation, log scale, offset, build
     pinned: np.ndarray  # [N, nq] coordinate within 1% of its range from a limit
     cost: np.ndarray  # [N]
     iterations: int
@@ -57,7 +64,8 @@ class BatchFit:
 class PoseFitter:
     """Fits ``model`` to 2D keypoints; build once, then ``fit`` one annotation or ``fit_batch`` many."""
 
-    def __init__(self, model: KinematicModel | None = None, prior: float = 0.02, iterations: int = 120):
+    def __init__(self, model: KinematicModel | None = None, prior: float = 0.02, iterations: int = 120,
+                 builds: bool = True):
         self.model = model or default_model()
         self.coords = self.model.coordinate_names()
         self.names = [name for _, _, name in self.coords]
@@ -65,6 +73,7 @@ class PoseFitter:
         self.hi = np.array([self.model.ranges[b, a, 1] for b, a, _ in self.coords])
         self.prior = prior
         self.iterations = iterations
+        self.builds = builds  # refit the build where the model's own body does not fit
         self.nq = len(self.coords)
         self.body = np.array([b for b, _, _ in self.coords])
         self.axis = np.array([a for _, a, _ in self.coords])
@@ -77,17 +86,29 @@ class PoseFitter:
                 below[b, c] = True
                 c = m.parents[c]
         self.moves = below[m.marker_body][:, self.body].astype(np.float64)  # [M, nq]
-        self.p_lo = np.concatenate([self.lo, [-4 * np.pi] * 3, [-np.inf] * 3])
-        self.p_hi = np.concatenate([self.hi, [4 * np.pi] * 3, [np.inf] * 3])
+        self.build_names, self.b_lo, self.b_hi = build_bounds(self.model)
+        self.b0 = np.where(np.isin(self.build_names, HABITS + tuple(CURVES)), 0.0, 1.0)  # the model's own body
+        self.pose_size = self.nq + 6
+        self.p_lo = np.concatenate([self.lo, [-4 * np.pi] * 3, [-np.inf] * 3, self.b_lo])
+        self.p_hi = np.concatenate([self.hi, [4 * np.pi] * 3, [np.inf] * 3, self.b_hi])
+        # the prior's weights and centre: coordinates towards neutral, a build towards the model's (per its range)
+        self.p_weight = np.concatenate([np.full(self.nq, prior ** 2), np.zeros(6),
+                                        prior ** 2 / (self.b_hi - self.b_lo) ** 2])
+        self.p_centre = np.concatenate([np.zeros(self.pose_size), self.b0])
 
     # model and derivatives -----------------------------------------------------------------------------
     def _project(self, x: np.ndarray, jacobian: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """[P, M, 2] projected markers for parameters [P, nq + 6], and their Jacobian [P, M, 2, nq + 6]."""
+        """[P, M, 2] projected markers for parameters [P, nq + 6] (the model's body) or [P, nq + 6 + builds],
+        and their Jacobian [P, M, 2, same]."""
         n, nq = len(x), self.nq
         angles = np.zeros((n, len(self.model.body_names), 3))
         angles[:, self.body, self.axis] = x[:, :nq]
         root_angles = x[:, nq:nq + 3]
-        k = kinematics(self.model, angles, euler(root_angles))
+        rest: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+        if x.shape[1] > self.pose_size:
+            rest = build_geometry(self.model, x[:, self.pose_size:])
+            angles[..., 0] += curve_offsets(self.model, x[:, x.shape[1] - len(CURVES):])
+        k = kinematics(self.model, angles, euler(root_angles), *rest)
         scale = np.exp(np.clip(x[:, nq + 3], -30, 30))[:, None, None]
         flip = np.array([1.0, -1.0])  # image y points down
         xy = k.markers[..., :2] * flip * scale + x[:, None, nq + 4:nq + 6]
@@ -107,11 +128,24 @@ class PoseFitter:
         rx_ = w[..., 1] * p[..., 2] - w[..., 2] * p[..., 1]
         ry_ = w[..., 2] * p[..., 0] - w[..., 0] * p[..., 2]
         s = scale[..., 0]  # [n, 1]
-        jac = np.empty((n, xy.shape[1], 2, nq + 6))
+        jac = np.empty((n, xy.shape[1], 2, x.shape[1]))
         jac[:, :, 0, :nq], jac[:, :, 1, :nq] = dx * s[..., None], -dy * s[..., None]
         jac[:, :, 0, nq:nq + 3], jac[:, :, 1, nq:nq + 3] = rx_ * s[..., None], -ry_ * s[..., None]
         jac[..., nq + 3] = xy - x[:, None, nq + 4:nq + 6]
-        jac[..., nq + 4:] = np.eye(2)
+        jac[..., nq + 4:nq + 6] = np.eye(2)
+        for c in range(self.pose_size, x.shape[1]):
+            # by differences: forward ones are exact for the geometry (the markers are affine in it), central ones
+            # for the curves (angles)
+            central = c >= x.shape[1] - len(CURVES)
+            h = (1e-4 if central else 1e-3) * (self.p_hi[c] - self.p_lo[c])
+            xh = x.copy()
+            xh[:, c] += h
+            up = self._project(xh, jacobian=False)[0]
+            if central:
+                xh[:, c] -= 2 * h
+                jac[..., c] = (up - self._project(xh, jacobian=False)[0]) / (2 * h)
+            else:
+                jac[..., c] = (up - xy) / h
         return xy, jac
 
     def _residuals(self, x: np.ndarray, obs: np.ndarray, w: np.ndarray, torso: np.ndarray,
@@ -125,27 +159,28 @@ class PoseFitter:
         return r, None if jac is None else (jac * s[..., None]).reshape(len(x), -1, x.shape[1])
 
     def _cost(self, r: np.ndarray, x: np.ndarray) -> np.ndarray:
-        return 0.5 * ((r ** 2).sum(1) + self.prior ** 2 * (x[:, :self.nq] ** 2).sum(1))
+        p = x.shape[1]
+        return 0.5 * ((r ** 2).sum(1) + (self.p_weight[:p] * (x - self.p_centre[:p]) ** 2).sum(1))
 
     def _solve(self, x: np.ndarray, obs: np.ndarray, w: np.ndarray, torso: np.ndarray,
                iterations: int) -> tuple[np.ndarray, np.ndarray]:
         """Bounded Levenberg-Marquardt on every row at once; returns the parameters and costs."""
-        lo, hi, nq = self.p_lo, self.p_hi, self.nq
+        p = x.shape[1]
+        lo, hi = self.p_lo[:p], self.p_hi[:p]
+        prior, centre = self.p_weight[:p], self.p_centre[:p]
         x = np.clip(x, lo, hi)
         r, j = self._residuals(x, obs, w, torso, jacobian=True)
         cost = self._cost(r, x)
         lam = np.full(len(x), 1e-3)
         active = np.ones(len(x), dtype=bool)
         stall = np.zeros(len(x), dtype=np.int64)
-        prior = np.zeros(x.shape[1])
-        prior[:nq] = self.prior ** 2
-        diag_idx = np.arange(x.shape[1])
+        diag_idx = np.arange(p)
         for _ in range(iterations):
             rows = np.flatnonzero(active)
             if not len(rows):
                 break
             jr, xr = j[rows], x[rows]
-            g = np.einsum("nrp,nr->np", jr, r[rows]) + prior * xr
+            g = np.einsum("nrp,nr->np", jr, r[rows]) + prior * (xr - centre)
             a = jr.transpose(0, 2, 1) @ jr
             a[:, diag_idx, diag_idx] += prior
             # coordinates at a bound that the gradient pushes further out stay where they are
@@ -179,7 +214,7 @@ class PoseFitter:
                  for i in range(0, len(kp), chunk)]
         if not parts:
             z = np.zeros((0, self.nq))
-            return BatchFit(np.zeros((0, kp.shape[1])), np.zeros((0, self.nq + 6)), z.astype(bool), np.zeros(0), 0)
+            return BatchFit(np.zeros((0, kp.shape[1])), np.zeros((0, len(self.p_lo))), z.astype(bool), np.zeros(0), 0)
         return BatchFit(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("residuals", "params", "pinned",
                                                                                    "cost")),
                         iterations=self.iterations)
@@ -204,6 +239,7 @@ class PoseFitter:
         best = cost.reshape(n, starts).argmin(1) + np.arange(n) * starts
         x, cost = x[best], cost[best]
         x, cost = self._limbs(x, cost, obs, w, lab, torso)
+        x, cost = self._builds(x, cost, obs, w, lab, torso)
         xy, _ = self._project(x, jacobian=False)
         res = np.where(lab, np.linalg.norm(xy - obs, axis=-1) / torso[:, None], np.nan)
         span = self.hi - self.lo
@@ -243,12 +279,27 @@ class PoseFitter:
                 x[off[keep]], cost[off[keep]] = xs[pick[keep]], cs[pick[keep]]
         return x, cost
 
+    def _builds(self, x: np.ndarray, cost: np.ndarray, obs: np.ndarray, w: np.ndarray, lab: np.ndarray,
+                torso: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Parameters with the build [N, nq + 6 + builds]: the model's body, or for an annotation it fits worse
+        than ``BUILD_REFIT``, the pose refitted together with the person's build where that fits better."""
+        x = np.concatenate([x, np.tile(self.b0, (len(x), 1))], 1)
+        xy, _ = self._project(x, jacobian=False)
+        res = np.where(lab, np.linalg.norm(xy - obs, axis=-1), 0.0).max(1) / torso
+        off = np.flatnonzero(res > BUILD_REFIT) if self.builds else np.zeros(0, dtype=np.int64)
+        if len(off):
+            xs, cs = self._solve(x[off].copy(), obs[off], w[off], torso[off], self.iterations)
+            keep = cs < cost[off]
+            x[off[keep]], cost[off[keep]] = xs[keep], cs[keep]
+        return x, cost
+
     def fit(self, keypoints: np.ndarray, stature_px: float, starts: int = 4) -> FitResult:
         """Fit one annotation's [K, 3] keypoints (K = the model's markers, same order)."""
         b = self.fit_batch(keypoints[None], np.array([stature_px]), starts)
-        q = b.params[0, :self.nq]
+        q, build = b.params[0, :self.nq], b.params[0, self.pose_size:]
         return FitResult(b.residuals[0], [n for n, p in zip(self.names, b.pinned[0]) if p],
-                         {n: float(v) for n, v in zip(self.names, q)}, float(b.cost[0]), b.iterations)
+                         {n: float(v) for n, v in zip(self.names, q)},
+                         {n: float(v) for n, v in zip(self.build_names, build)}, float(b.cost[0]), b.iterations)
 
     def _roll(self, obs: np.ndarray, lab: np.ndarray) -> np.ndarray:
         """[N] rotation about the view axis that turns the model's up into each annotation's hip->neck axis."""
@@ -286,13 +337,25 @@ def fit_persons(ds: Persons, rows: np.ndarray, fitter: PoseFitter | None = None,
                                                                                "cost")), fitter.iterations)
 
 
-def deep_findings(ds: Persons, rows: np.ndarray, fitter: PoseFitter | None = None) -> list[Finding]:
-    """Findings of the deep fit of the persons at ``rows``: spine residual and pinned coordinates."""
+def unexplained(ds: Persons, rows: np.ndarray, residuals: np.ndarray, noise: float | None = None) -> np.ndarray:
+    """[R, K] residuals (torso lengths) of the persons at ``rows`` beyond what the file's annotation noise
+    explains: ``DEEP_NOISE_K`` x noise x sigma_k x sqrt(area) (``noise`` as the rules measure it by default)."""
+    g = BodyGeometry(ds, noise)
+    rows = np.asarray(rows, dtype=np.int64)
+    unit = (g.noise * ds.skeleton.sigmas[None, :] * np.sqrt(np.nan_to_num(ds.areas[rows]))[:, None]
+            / np.maximum(g.stature[rows] * torso_fraction(), 1e-6)[:, None])
+    return residuals - DEEP_NOISE_K * unit
+
+
+def deep_findings(ds: Persons, rows: np.ndarray, fitter: PoseFitter | None = None,
+                  noise: float | None = None) -> list[Finding]:
+    """Findings of the deep fit of the persons at ``rows``: spine residual (beyond the annotation noise,
+    ``unexplained``) and pinned coordinates."""
     fitter = fitter or PoseFitter()
     fits = fit_persons(ds, rows, fitter)
     chain = ds.skeleton.spine_chain
     names = ds.skeleton.names
-    spine = spine_residual(fits.residuals, chain)
+    spine = spine_residual(unexplained(ds, rows, fits.residuals, noise), chain)
     out = []
     for i, r in enumerate(np.asarray(rows, dtype=np.int64)):
         res = fits.residuals[i]

@@ -84,9 +84,15 @@ class Bodies:
 
 def spine_curves(model: KinematicModel, n: int, rng: np.random.Generator) -> np.ndarray:
     """Per-person flexion offsets [n, B] (radians) giving each spine its lordosis and kyphosis."""
-    out = np.zeros((n, len(model.body_names)))
-    for (mean, sd), share in CURVES.values():
-        total = np.deg2rad(np.clip(rng.normal(mean, sd, n), mean - 2 * sd, mean + 2 * sd))
+    totals = [np.deg2rad(np.clip(rng.normal(mean, sd, n), mean - 2 * sd, mean + 2 * sd)) for (mean, sd), _ in
+              CURVES.values()]
+    return curve_offsets(model, np.stack(totals, 1) if totals else np.zeros((n, 0)))
+
+
+def curve_offsets(model: KinematicModel, totals: np.ndarray) -> np.ndarray:
+    """Flexion offsets [n, B] (radians) of the curves' totals [n, len(CURVES)] (radians)."""
+    out = np.zeros((len(totals), len(model.body_names)))
+    for (_, share), total in zip(CURVES.values(), totals.T):
         for body, fraction in share.items():
             if body in model.body_names:
                 out[:, model.body(body)] += fraction * total
@@ -129,8 +135,17 @@ def sample_measures(model: KinematicModel, n: int, rng: np.random.Generator) -> 
 def sample_bodies(model: KinematicModel, n: int, rng: np.random.Generator, proportions: bool = True,
                   habits: bool = True) -> Bodies:
     """Rest geometry of ``n`` people: ANSUR proportions and (with ``habits``) annotators' placements."""
-    nb = len(model.body_names)
     factors, sex = sample_measures(model, n, rng) if proportions else ({}, np.full(n, "model"))
+    joints, markers = rest_geometry(model, factors, n)
+    if habits:
+        _habits(model, markers, rng)
+    return Bodies(joints, markers, sex)
+
+
+def rest_geometry(model: KinematicModel, factors: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Joint centres [n, B, 3] and markers [n, M, 3] of people whose segments are the model's times ``factors``
+    (ANSUR measure -> [n] factor; a measure not given stays the model's)."""
+    nb = len(model.body_names)
     scale = np.ones((n, nb, 3))
     for b, name in enumerate(model.body_names):
         for axis, measure in enumerate(BODY_SCALES[name.removeprefix("left_").removeprefix("right_")]):
@@ -141,25 +156,65 @@ def sample_bodies(model: KinematicModel, n: int, rng: np.random.Generator, propo
         p = model.parents[b]
         joints[:, b] = model.joints[b] if p < 0 else joints[:, p] + scale[:, p] * (model.joints[b] - model.joints[p])
     mb = model.marker_body
-    markers = joints[:, mb] + scale[:, mb] * (model.markers - model.joints[mb])
-    if habits:
-        _habits(model, markers, rng)
-    return Bodies(joints, markers, sex)
+    return joints, joints[:, mb] + scale[:, mb] * (model.markers - model.joints[mb])
+
+
+HABITS = ("spine_depth", "spine_shift", "sacrum")  # the placement habits a fit can take as parameters
+
+
+def build_bounds(model: KinematicModel) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The parameters of a person's build (each ANSUR measure's factor, ``HABITS``, then each of ``CURVES``' total
+    in radians) and the population's range of each: the factors at +-2 SD x ``SPREAD`` of either sex, the habits'
+    own ranges, the curves' +-2 SD widened to take in the model's straight spine (0)."""
+    a = anthropometry()
+    names = list(a["measures"])
+    pooled = {m: model_measure(model, m) or np.mean([a["sexes"][s]["mean"][m] for s in a["sexes"]]) for m in names}
+    lo = [min((st["mean"][m] - 2 * SPREAD * st["sd"][m]) / pooled[m] for st in a["sexes"].values()) for m in names]
+    hi = [max((st["mean"][m] + 2 * SPREAD * st["sd"][m]) / pooled[m] for st in a["sexes"].values()) for m in names]
+    lo += [SPINE_DEPTH[0], -SPINE_SHIFT, SACRUM_TOWARDS_HIP_JOINTS[0]]
+    hi += [SPINE_DEPTH[1], SPINE_SHIFT, SACRUM_TOWARDS_HIP_JOINTS[1]]
+    lo += [np.deg2rad(min(0.0, mean - 2 * sd)) for (mean, sd), _ in CURVES.values()]
+    hi += [np.deg2rad(max(0.0, mean + 2 * sd)) for (mean, sd), _ in CURVES.values()]
+    return names + list(HABITS) + list(CURVES), np.array(lo), np.array(hi)
+
+
+def build_geometry(model: KinematicModel, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rest geometry of builds ``values`` [n, len(build_bounds names)] (the measure factors and ``HABITS``; the
+    curves are angles, ``curve_offsets``)."""
+    names = build_bounds(model)[0]
+    nm = len(names) - len(HABITS) - len(CURVES)
+    joints, markers = rest_geometry(model, {m: values[:, j] for j, m in enumerate(names[:nm])}, len(values))
+    depth, shift, sacrum = (values[:, nm + j, None] for j in range(len(HABITS)))
+    _place(model, markers, depth, shift, sacrum)
+    return joints, markers
 
 
 def _habits(model: KinematicModel, markers: np.ndarray, rng: np.random.Generator) -> None:
     """Move the markers (in place) where different annotators put them."""
     n = len(markers)
     idx = {m: i for i, m in enumerate(model.marker_names)}
-    spine = [idx[m] for m in SPINE_POINTS if m in idx]
-    markers[:, spine, 2] -= rng.uniform(*SPINE_DEPTH, (n, 1))  # the whole chain deeper or nearer the skin (-z)
-    markers[:, spine, 1] += rng.uniform(-SPINE_SHIFT, SPINE_SHIFT, (n, 1))  # or a little up or down the chain
+    depth = rng.uniform(*SPINE_DEPTH, (n, 1))  # the whole chain deeper or nearer the skin (-z)
+    shift = rng.uniform(-SPINE_SHIFT, SPINE_SHIFT, (n, 1))  # or a little up or down the chain
+    jitter = []
     for group, names in (("spine", SPINE_POINTS), ("head", ("head",)), ("neck", ("neck",)), ("joints", JOINT_POINTS)):
-        up, depth = JITTER[group]
+        up, dz = JITTER[group]
         rows = [idx[m] for m in names if m in idx]
-        markers[:, rows, 1] += rng.uniform(-up, up, (n, len(rows)))
-        markers[:, rows, 2] += rng.uniform(-depth, depth, (n, len(rows)))
-    if {"hip", "left_hip", "right_hip"} <= set(idx):
+        jitter.append((rows, rng.uniform(-up, up, (n, len(rows))), rng.uniform(-dz, dz, (n, len(rows)))))
+    sacrum = rng.uniform(*SACRUM_TOWARDS_HIP_JOINTS, (n, 1)) if {"hip", "left_hip", "right_hip"} <= set(idx) else None
+    _place(model, markers, depth, shift, sacrum, jitter)
+
+
+def _place(model: KinematicModel, markers: np.ndarray, depth: np.ndarray, shift: np.ndarray,
+           sacrum: np.ndarray | None, jitter: list[tuple[list[int], np.ndarray, np.ndarray]] = ()) -> None:
+    """Apply the placement habits (in place): the spine chain ``depth`` behind and ``shift`` up the model's
+    markers, per-marker ``jitter`` (rows, up, depth), the sacrum ``sacrum`` of the way to the mid hip-joint centre."""
+    idx = {m: i for i, m in enumerate(model.marker_names)}
+    spine = [idx[m] for m in SPINE_POINTS if m in idx]
+    markers[:, spine, 2] -= depth
+    markers[:, spine, 1] += shift
+    for rows, up, dz in jitter:
+        markers[:, rows, 1] += up
+        markers[:, rows, 2] += dz
+    if sacrum is not None and {"hip", "left_hip", "right_hip"} <= set(idx):
         mid = (markers[:, idx["left_hip"]] + markers[:, idx["right_hip"]]) / 2
-        t = rng.uniform(*SACRUM_TOWARDS_HIP_JOINTS, (n, 1))
-        markers[:, idx["hip"]] += t * (mid - markers[:, idx["hip"]])
+        markers[:, idx["hip"]] += sacrum * (mid - markers[:, idx["hip"]])

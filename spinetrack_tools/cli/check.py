@@ -95,7 +95,7 @@ def validate_biomech(file: Path, deep: bool, thresholds_path: Path | None, noise
     report = check(ds, thresholds, noise)
     if deep:
         rows = np.flatnonzero(np.isin(ds.ann_ids, list(report.flagged_annotation_ids("error"))))
-        report.extend(deep_findings(ds, rows))
+        report.extend(deep_findings(ds, rows, noise=noise))
     emit(report, as_json, report_path)
     raise SystemExit(EXIT_ERRORS if report.has_errors else 0)
 
