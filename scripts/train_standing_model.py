@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Reproduce models/spinetrack_standing.{onnx,pt}: the starting model of the quickstart and of
-scripts/bench_active_learning.py, trained on synthetic people standing only (1,200 images, 10 epochs), so
+scripts/bench_active_learning.py, trained on synthetic people standing only (600 images, 5 epochs), so
 that a pool which adds sitting and bending people has something to teach it.
 
     python scripts/train_standing_model.py [--work DIR]   # about 10-20 minutes on 2 cores
