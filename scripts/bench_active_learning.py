@@ -2,8 +2,9 @@
 """Benchmark: active-learning strategies against random selection on synthetic data with a domain shift.
 
 The starting model is trained on a source domain (people standing), as body datasets are dominated by
-upright people: by default the shipped ``models/spinetrack_standing`` (scripts/train_standing_model.py; the
-quickstart starts from it too), or with ``--train-source`` one trained here and kept in --work. The
+upright people: by default the shipped ``models/spinetrack_standing`` (the all-postures shipped model
+fine-tuned on standing people, scripts/train_standing_model.py; the quickstart starts from it too), or with
+``--train-source`` one trained from scratch here and kept in --work. The
 unlabelled pool comes from a target domain where most people stand again but a fifth sit or bend (the
 flexed spines SpineTrack is about); the validation set has the three postures equally. The initial labelled
 set is source-domain images (kept in every retraining, so the model does not forget them). The data set-up
@@ -28,7 +29,7 @@ import numpy as np
 
 from spinetrack_tools.active_learning import DEFAULT_STRATEGY
 from spinetrack_tools.io import load_json
-from spinetrack_tools.quickstart import (SOURCE_EPOCHS, SOURCE_IMAGES, SOURCE_POSTURES, STANDING, TARGET_POSTURES,
+from spinetrack_tools.quickstart import (SOURCE_POSTURES, STANDING, TARGET_POSTURES,
                                          VAL_POSTURES, oracle_rounds, retrain_hook, shifted_domain,
                                          train_source_model)
 
@@ -74,8 +75,8 @@ def main() -> None:
     ap.add_argument("--val-postures", default=VAL_POSTURES)
     ap.add_argument("--train-source", action="store_true",
                     help="train the starting model here (kept in --work) instead of the shipped standing model")
-    ap.add_argument("--source-images", type=int, default=SOURCE_IMAGES)
-    ap.add_argument("--source-epochs", type=int, default=SOURCE_EPOCHS)
+    ap.add_argument("--source-images", type=int, default=1200, help="with --train-source (from scratch)")
+    ap.add_argument("--source-epochs", type=int, default=10, help="with --train-source")
     ap.add_argument("--work", type=Path, help="folder kept between runs (data, workspaces); default temporary")
     ap.add_argument("--strategies", default="random,least_confidence,hybrid")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, each a whole run")

@@ -34,7 +34,7 @@ STANDING = ROOT / "models" / "spinetrack_standing"  # .onnx, .pt, .metrics.json:
 SOURCE_POSTURES = "standing"
 TARGET_POSTURES = "standing:8,sitting:1,bending:1"
 VAL_POSTURES = "standing,sitting,bending"
-SOURCE_IMAGES, SOURCE_EPOCHS = 600, 5
+SOURCE_IMAGES, SOURCE_EPOCHS = 600, 3  # fine-tuning the shipped model (CHECKPOINT) on them
 
 
 def weighted(spec: str) -> tuple[str, ...]:
@@ -53,21 +53,24 @@ def merge(a: dict, b: dict, prefix_a: str, prefix_b: str) -> dict:
 
 
 def train_source_model(work: Path, images: int = SOURCE_IMAGES, epochs: int = SOURCE_EPOCHS,
-                       postures: str = SOURCE_POSTURES, log: Callable[[str], None] = print) -> Path:
+                       postures: str = SOURCE_POSTURES, log: Callable[[str], None] = print,
+                       init: Path | None = None, lr: float = 3e-3) -> Path:
     """Train (once; reused from ``work``) the starting model of the domain shift on the source domain (people
-    ``postures``, by default standing only): returns its run folder (model.onnx, model.pt, metrics.json)."""
+    ``postures``, by default standing only; from scratch, or fine-tuning the checkpoint ``init``): returns its
+    run folder (model.onnx, model.pt, metrics.json)."""
     from .train.model import ModelConfig
     from .train.trainer import TrainConfig, train
 
     pts = weighted(postures)
-    run_dir = work / f"source-model-{'-'.join(dict.fromkeys(pts))}-{images}x{epochs}"  # one per setting
+    run_dir = work / (f"source-model-{'-'.join(dict.fromkeys(pts))}-{images}x{epochs}"
+                      + (f"-from-{init.stem}-lr{lr}" if init else ""))  # one per setting
     if (run_dir / "model.pt").is_file():
         return run_dir
     for split, n, seed in (("train", images, 300), ("val", max(images // 10, 30), 301)):
         save_coco(work / f"source-{split}.json", synth.generate(n, seed=seed, postures=pts,
                                                                 image_dir=work / f"source-{split}"))
     train(work / "source-train.json", work / "source-train", work / "source-val.json", work / "source-val", run_dir,
-          TrainConfig(epochs=epochs, batch_size=32, lr=3e-3), ModelConfig(width=0.75),
+          TrainConfig(epochs=epochs, batch_size=32, lr=lr), ModelConfig(width=0.75), init=init,
           log=lambda s: log("  source model: " + s))
     return run_dir
 GROUPS = ("overall", "body", "feet", "spine")
