@@ -46,6 +46,8 @@ def saving(curves: dict[str, list[tuple[int, float]]]) -> dict[str, float | None
         return {}
     out: dict[str, float | None] = {}
     for name, c in curves.items():
+        if name == "random":
+            continue
         ns, aps = np.array([x[0] for x in c], float), np.array([x[1] for x in c])
         reached = np.flatnonzero(aps >= target_ap)
         reached = reached[reached > 0]  # the shared starting point does not count
