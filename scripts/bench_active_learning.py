@@ -119,10 +119,10 @@ def main() -> None:
     for name in names:
         if name == "random":
             continue
-        got = [s for s in savings[name] if s is not None]
+        got = [0.0 if s is None else s for s in savings[name]]  # not reached within the budget: no saving
         per = ", ".join("not reached" if s is None else f"{s:.0%}" for s in savings[name])
-        spread = f"mean {np.mean(got):.0%} ± {np.std(got, ddof=1) if len(got) > 1 else 0:.0%} (sd), " \
-                 f"min {min(got):.0%}, max {max(got):.0%}" if got else "no saving measured"
+        spread = (f"mean {np.mean(got):.0%} ± {np.std(got, ddof=1) if len(got) > 1 else 0:.0%} (sd; not reached "
+                  f"counted as 0%), min {min(got):.0%}, max {max(got):.0%}") if got else "no saving measured"
         print(f"  {name}: per seed {per}; {spread}" + (" (default strategy; target >= 25%)"
                                                        if name == DEFAULT_STRATEGY else ""))
 
