@@ -146,17 +146,29 @@ def test_label_studio_unreachable_leaves_the_state_unchanged(label_studio, tmp_p
 
 
 def test_quickstart_runs_the_whole_loop(tmp_path):
-    """The README's main job, at a small size: its own Label Studio, rounds, FiftyOne, the report."""
+    """The README's main job, at a small size: its own Label Studio, rounds, the random baseline beside them,
+    FiftyOne, the table and the learning curve of both strategies (no AP threshold: that is the benchmark's)."""
     env = {**os.environ, "FIFTYONE_DATABASE_DIR": str(tmp_path / "fo_db"), "FIFTYONE_DO_NOT_TRACK": "true"}
     try:
         r = subprocess.run([sys.executable, "-m", "spinetrack_tools", "quickstart", "--dir", str(tmp_path / "q"),
-                            "--images", "24", "--rounds", "1", "--batch-size", "6"], env=env, capture_output=True,
-                           text=True, timeout=900)
+                            "--images", "12", "--labelled", "4", "--val-images", "4", "--rounds", "1",
+                            "--batch-size", "4", "--epochs", "1"], env=env, capture_output=True, text=True,
+                           timeout=900)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         out = r.stdout
         assert "OKS AP on the validation set per round" in out and "learning curve" in out
+        table = out[out.index("OKS AP on the validation set per round"):].splitlines()
+        assert "least_confidence" in table[1] and "random" in table[1]
+        rows = [line.split() for line in table[3:5]]
+        assert [row[0] for row in rows] == ["0", "1"] and rows[0][1] == "4"  # round, labelled images
+        assert all(len([x for x in row if x != "|"]) == 2 + 2 * 4 for row in rows)  # 4 groups x 2 strategies
+        assert ("target met" in out) != ("TARGET MISSED" in out)  # the verdict, whichever it is
+        png = tmp_path / "q" / "learning_curve.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (tmp_path / "q" / "workspace" / "learning_curve.png").is_file()
         st = json.loads(cli(env, "status", "--workspace", str(tmp_path / "q" / "workspace"), "--json").stdout)
         assert {m["round"] for m in st["metrics"]} == {0, 1}
+        base = json.loads(cli(env, "status", "--workspace", str(tmp_path / "q" / "baseline-random"), "--json").stdout)
+        assert {m["round"] for m in base["metrics"]} == {0, 1}
     finally:
         cli(env, "labelstudio", "stop", "--dir", str(tmp_path / "q" / "labelstudio"))

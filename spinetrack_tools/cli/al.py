@@ -198,22 +198,29 @@ def annotate_sim(ws_path: Path, truth_path: Path, tolerance: float, annotators: 
 @click.option("--dir", "work_dir", default=Path("spinetrack-quickstart"), show_default=True,
               type=click.Path(path_type=Path, file_okay=False), help="Folder for everything the demo writes.")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1), help="Active-learning rounds.")
-@click.option("--images", "num_images", default=500, show_default=True, type=click.IntRange(20),
-              help="Synthetic pool images.")
-@click.option("--batch-size", default=60, show_default=True, type=click.IntRange(1), help="Images per round.")
+@click.option("--images", "num_images", default=150, show_default=True, type=click.IntRange(4),
+              help="Synthetic pool images (a fifth of the people sit or bend).")
+@click.option("--labelled", default=20, show_default=True, type=click.IntRange(1),
+              help="Initial labelled images (people standing, like the starting model's training data).")
+@click.option("--val-images", default=60, show_default=True, type=click.IntRange(2),
+              help="Validation images (standing, sitting and bending equally).")
+@click.option("--batch-size", default=20, show_default=True, type=click.IntRange(1), help="Images per round.")
+@click.option("--epochs", default=6, show_default=True, type=click.IntRange(1), help="Fine-tuning epochs per round.")
 @click.option("--strategy", default=DEFAULT_STRATEGY, show_default=True, type=click.Choice(STRATEGY_NAMES))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--annotators", default=2, show_default=True, type=click.IntRange(1),
               help="Simulated annotators per task (Label Studio users with their own keys and noise).")
-def quickstart(work_dir: Path, rounds: int, num_images: int, batch_size: int, strategy: str, seed: int,
-               annotators: int) -> None:
-    """Run the demo: an active-learning loop on synthetic data, end to end.
+def quickstart(work_dir: Path, rounds: int, num_images: int, labelled: int, val_images: int, batch_size: int,
+               epochs: int, strategy: str, seed: int, annotators: int) -> None:
+    """Run the demo: an active-learning loop on synthetic data with a domain shift, end to end.
 
-    Synthesise a pool (rendered images with known keypoints), validate and flag it, start Label Studio,
-    create a workspace with the shipped model, run the rounds with the SIMULATED annotator correcting
-    pre-annotations through Label Studio, build the FiftyOne dataset, and print AP per round.
+    The starting model knows people standing only; the pool adds people sitting and bending. Synthesise the
+    data (rendered images with known keypoints), validate and flag it, start Label Studio, create a workspace
+    with that model, run the rounds with SIMULATED annotators correcting pre-annotations through Label Studio
+    (gate, merge, retrain), run random selection beside it with the true labels (same seed and budget), build
+    the FiftyOne dataset, and print AP per round of both and the learning curve (learning_curve.png).
     """
     from ..quickstart import run
 
-    run(work_dir, images=num_images, rounds=rounds, batch_size=batch_size, seed=seed, strategy=strategy,
-        echo=click.echo, annotators=annotators)
+    run(work_dir, images=num_images, rounds=rounds, batch_size=batch_size, val_images=val_images, labelled=labelled,
+        seed=seed, strategy=strategy, echo=click.echo, annotators=annotators, epochs=epochs)
