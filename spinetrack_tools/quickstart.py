@@ -201,9 +201,9 @@ def verdict(al: dict[int, dict[str, float]], rnd: dict[int, dict[str, float]], g
                 f"{ref:.3f} ({'beaten' if beats else 'NOT beaten'})")
 
 
-def run(work_dir: Path, images: int = 150, rounds: int = 3, batch_size: int = 20, val_images: int = 60,
+def run(work_dir: Path, images: int = 150, rounds: int = 4, batch_size: int = 30, val_images: int = 60,
         labelled: int = 20, seed: int = 0, strategy: str = DEFAULT_STRATEGY, launch_browser: bool = False,
-        echo: Callable[[str], None] = print, annotators: int = 2, epochs: int = 6) -> dict:
+        echo: Callable[[str], None] = print, annotators: int = 2, epochs: int = 12) -> dict:
     """Run the demo in ``work_dir``; returns the curves ({strategy: curve_of(...)}, the baseline under "random").
     ``annotators``: simulated annotators per task (Label Studio users with their own keys and noise; their
     consensus is merged); ``epochs`` of fine-tuning per round."""

@@ -197,15 +197,15 @@ def annotate_sim(ws_path: Path, truth_path: Path, tolerance: float, annotators: 
 @click.command()
 @click.option("--dir", "work_dir", default=Path("spinetrack-quickstart"), show_default=True,
               type=click.Path(path_type=Path, file_okay=False), help="Folder for everything the demo writes.")
-@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1), help="Active-learning rounds.")
+@click.option("--rounds", default=4, show_default=True, type=click.IntRange(1), help="Active-learning rounds.")
 @click.option("--images", "num_images", default=150, show_default=True, type=click.IntRange(4),
               help="Synthetic pool images (a fifth of the people sit or bend).")
 @click.option("--labelled", default=20, show_default=True, type=click.IntRange(1),
               help="Initial labelled images (people standing, like the starting model's training data).")
 @click.option("--val-images", default=60, show_default=True, type=click.IntRange(2),
               help="Validation images (standing, sitting and bending equally).")
-@click.option("--batch-size", default=20, show_default=True, type=click.IntRange(1), help="Images per round.")
-@click.option("--epochs", default=6, show_default=True, type=click.IntRange(1), help="Fine-tuning epochs per round.")
+@click.option("--batch-size", default=30, show_default=True, type=click.IntRange(1), help="Images per round.")
+@click.option("--epochs", default=12, show_default=True, type=click.IntRange(1), help="Fine-tuning epochs per round.")
 @click.option("--strategy", default=DEFAULT_STRATEGY, show_default=True, type=click.Choice(STRATEGY_NAMES))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--annotators", default=2, show_default=True, type=click.IntRange(1),
