@@ -103,24 +103,26 @@ def _kill_at(env: dict, ws: Path, stage: str, info, project: str, n: int = 1) ->
     proc.wait()
 
 
-def test_killed_rounds_resume_without_duplicates_or_losses(label_studio):
-    info, root, _ = label_studio
-    ws, env, pool = make_workspace(root, "al-kill", info)
+@pytest.mark.parametrize("server", ["label_studio", "label_studio_pg"], ids=["sqlite", "postgres"])
+def test_killed_rounds_resume_without_duplicates_or_losses(server, request):
+    info, root, _ = request.getfixturevalue(server)
+    project = "al-kill" if server == "label_studio" else "pg-al-kill"
+    ws, env, pool = make_workspace(root, project, info)
     # killed after the tasks reached Label Studio but before the state recorded them
-    _kill_at(env, ws, "push-mid", info, "al-kill")
-    assert Workspace.open(ws).stage(1) == "predict" and n_tasks(info, "al-kill") == 6
+    _kill_at(env, ws, "push-mid", info, project)
+    assert Workspace.open(ws).stage(1) == "predict" and n_tasks(info, project) == 6
     r = cli(env, "al-round", "--iter", "1", "--workspace", str(ws), "--until", "push")
     assert r.returncode == 0, r.stderr
-    assert n_tasks(info, "al-kill") == 6  # no duplicates
+    assert n_tasks(info, project) == 6  # no duplicates
     assert cli(env, "annotate-sim", "--workspace", str(ws), "--truth", str(ws.parent / "truth.json")).returncode == 0
     # killed while pulling, then while merging: nothing lost, the version file is complete or absent
-    _kill_at(env, ws, "pull-mid", info, "al-kill")
-    _kill_at(env, ws, "merge-mid", info, "al-kill")
+    _kill_at(env, ws, "pull-mid", info, project)
+    _kill_at(env, ws, "merge-mid", info, project)
     w = Workspace.open(ws)
     assert w.stage(1) == "gate"
     json.loads((ws / "datasets" / "labeled_v001.json").read_text())  # complete JSON (atomic write)
     # killed while training
-    _kill_at(env, ws, "retrain", info, "al-kill")
+    _kill_at(env, ws, "retrain", info, project)
     r = cli(env, "al-round", "--iter", "1", "--workspace", str(ws))
     assert r.returncode == 0, r.stderr
     w = Workspace.open(ws)
@@ -131,7 +133,7 @@ def test_killed_rounds_resume_without_duplicates_or_losses(label_studio):
     rejected = json.loads(json.dumps(w.counts())).get("rejected", 0)
     assert len({a["image_id"] for a in merged["annotations"]}) >= 8 + 6 - rejected
     assert len(pulled["images"]) == 6  # every correction came back
-    assert n_tasks(info, "al-kill") == 6
+    assert n_tasks(info, project) == 6
 
 
 def test_label_studio_unreachable_leaves_the_state_unchanged(label_studio, tmp_path):

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from spinetrack_tools import synth
-from spinetrack_tools.active_learning.workspace import Workspace
 from spinetrack_tools.io import InputError
 from spinetrack_tools.labelstudio import postgres, server
 from spinetrack_tools.labelstudio.client import Connection, image_url, pull, push
@@ -25,7 +24,6 @@ from spinetrack_tools.labelstudio.convert import to_labelstudio
 from spinetrack_tools.persons import Persons
 from spinetrack_tools.skeleton import SPINETRACK37
 
-from .test_active_learning import _kill_at, cli, make_workspace, n_tasks
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 K = SPINETRACK37.num_keypoints
@@ -137,31 +135,6 @@ def test_push_pull_round_trip_survives_killing_both_servers(label_studio_pg):
     assert pull(conn, "pg-roundtrip", since=first.watermark).watermark == first.watermark  # nothing new
     re_push = push(conn, "pg-roundtrip", tasks, images, root, "pg-1")
     assert not re_push.created and re_push.existing == res.created
-
-
-def test_killed_rounds_resume_on_postgres_without_duplicates_or_losses(label_studio_pg):
-    info, root, _ = label_studio_pg
-    ws, env, pool = make_workspace(root, "pg-al-kill", info)
-    _kill_at(env, ws, "push-mid", info, "pg-al-kill")
-    assert Workspace.open(ws).stage(1) == "predict" and n_tasks(info, "pg-al-kill") == 6
-    r = cli(env, "al-round", "--iter", "1", "--workspace", str(ws), "--until", "push")
-    assert r.returncode == 0, r.stderr
-    assert n_tasks(info, "pg-al-kill") == 6  # no duplicates
-    assert cli(env, "annotate-sim", "--workspace", str(ws), "--truth", str(ws.parent / "truth.json")).returncode == 0
-    _kill_at(env, ws, "pull-mid", info, "pg-al-kill")
-    _kill_at(env, ws, "merge-mid", info, "pg-al-kill")
-    assert Workspace.open(ws).stage(1) == "gate"
-    json.loads((ws / "datasets" / "labeled_v001.json").read_text())  # complete JSON (atomic write)
-    r = cli(env, "al-round", "--iter", "1", "--workspace", str(ws))
-    assert r.returncode == 0, r.stderr
-    w = Workspace.open(ws)
-    assert w.stage(1) == "evaluate" and w.dataset_of_round(1) == 1
-    pulled = json.loads((w.round_dir(1) / "pulled.json").read_text())
-    assert len(pulled["images"]) == 6  # every correction came back
-    merged = json.loads((ws / "datasets" / "labeled_v001.json").read_text())
-    rejected = w.counts().get("rejected", 0)
-    assert len({a["image_id"] for a in merged["annotations"]}) >= 8 + 6 - rejected
-    assert n_tasks(info, "pg-al-kill") == 6
 
 
 def _ls(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

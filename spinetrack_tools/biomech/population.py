@@ -181,9 +181,9 @@ def build_bounds(model: KinematicModel) -> tuple[list[str], np.ndarray, np.ndarr
 def build_geometry(model: KinematicModel, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rest geometry of builds ``values`` [n, len(build_bounds names)] (the measure factors and ``HABITS``; the
     curves are angles, ``curve_offsets``)."""
-    names = build_bounds(model)[0]
-    nm = len(names) - len(HABITS) - len(CURVES)
-    joints, markers = rest_geometry(model, {m: values[:, j] for j, m in enumerate(names[:nm])}, len(values))
+    names = list(anthropometry()["measures"])  # the first columns, as in build_bounds
+    nm = len(names)
+    joints, markers = rest_geometry(model, {m: values[:, j] for j, m in enumerate(names)}, len(values))
     depth, shift, sacrum = (values[:, nm + j, None] for j in range(len(HABITS)))
     _place(model, markers, depth, shift, sacrum)
     return joints, markers

@@ -130,7 +130,8 @@ def _as_user(user: pwd.struct_passwd) -> dict:
     return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for this server and the Label Studio in front of it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -144,13 +145,19 @@ def read_info(folder: Path) -> PostgresInfo | None:
         return None
 
 
-def running(info: PostgresInfo) -> bool:
-    """True when ``info.pid`` is a running postgres of ours (its command line names our data directory)."""
+def ours(pid: int, program: str, data_dir: str) -> bool:
+    """True when ``pid`` runs ``program`` on our ``data_dir`` (both in its command line): a pid in a state
+    file may have been reused by another process since."""
     try:
-        cmd = Path(f"/proc/{info.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return False
-    return "postgres" in cmd and info.data_dir in cmd
+    return program in cmd and data_dir in cmd
+
+
+def running(info: PostgresInfo) -> bool:
+    """True when ``info.pid`` is a running postgres of ours."""
+    return ours(info.pid, "postgres", info.data_dir)
 
 
 def _ready(bin_dir: Path, port: int) -> bool:
@@ -221,7 +228,7 @@ def start(folder: Path, timeout: float = 60.0) -> PostgresInfo:
         password = secrets.token_urlsafe(24)
         _write_secret(pw_path, password)
         _initdb(bin_dir, home, data, user, password)
-    port = _free_port()
+    port = free_port()
     log = folder / "postgres.log"
     cmd = [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1",
            "-c", "unix_socket_directories=", "-c", "max_connections=100"]

@@ -10,7 +10,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,12 +37,6 @@ class ServerInfo:
     document_root: str
     log: str
     database: str = "sqlite"  # or the PostgreSQL URL, without its password
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
@@ -76,11 +69,7 @@ def read_info(folder: Path) -> ServerInfo | None:
 
 def _alive(pid: int, data_dir: str) -> bool:
     """True when ``pid`` is a running Label Studio of ours (its command line names our data folder)."""
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
-    return "label-studio" in cmd and data_dir in cmd
+    return pg.ours(pid, "label-studio", data_dir)
 
 
 def start(folder: Path, document_root: Path, port: int | None = None, timeout: float = 240.0,
@@ -113,7 +102,7 @@ def start(folder: Path, document_root: Path, port: int | None = None, timeout: f
         cred = {"password": secrets.token_hex(10), "token": secrets.token_hex(20)}
         atomic_write_text(secret_file, json.dumps(cred))
         os.chmod(secret_file, 0o600)
-    port = port or _free_port()
+    port = port or pg.free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT", "USERNAME", "PASSWORD")}
     env.update({
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "LATEST_VERSION_CHECK": "false", "SENTRY_DSN": "",
