@@ -17,7 +17,7 @@ from pathlib import Path
 
 from spinetrack_tools import synth
 from spinetrack_tools.labelstudio import postgres, server
-from spinetrack_tools.labelstudio.client import Connection, image_url, pull, push
+from spinetrack_tools.labelstudio.client import connect, image_url, pull, push
 from spinetrack_tools.labelstudio.convert import to_labelstudio
 from spinetrack_tools.persons import Persons
 
@@ -32,7 +32,7 @@ def measure(backend: str, coco: dict, tmp: Path) -> dict[str, float]:
     info = server.start(tmp / "ls", root, postgres=backend == "postgres")
     print(f"[{backend}] Label Studio started in {time.perf_counter() - t0:.0f} s at {info.url} ({info.database})")
     try:
-        conn = Connection.open(info.url, info.token)
+        conn, _ = connect(server_dir=tmp / "ls")  # as the toolkit connects to its own server
         tasks = to_labelstudio(Persons.from_coco(coco), image_url=image_url(root, images), model_version="bench")
         t0 = time.perf_counter()
         res = push(conn, "bench-push", tasks, images, root, "bench")

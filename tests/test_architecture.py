@@ -13,7 +13,8 @@ PACKAGE = ROOT / "spinetrack_tools"
 
 # Lowest first. A module may import only from floors below its own (lazy imports inside functions included).
 FLOORS = [
-    ["", "io", "skeleton", "gcpause", "progress", "active_learning", "biomech", "inference", "labelstudio", "train"],
+    ["", "io", "skeleton", "gcpause", "progress", "active_learning", "biomech", "inference", "labelstudio", "train",
+     "labelstudio.lsapp", "labelstudio.pgbackend", "labelstudio.pgbackend.base"],
     ["persons", "findings", "labelstudio.config", "labelstudio.ls_settings", "labelstudio.postgres", "render",
      "inference.transforms", "train.model", "train.rtmpose"],
     ["coco", "evaluate", "biomech.model", "download"],

@@ -19,7 +19,7 @@ import pytest
 from spinetrack_tools import synth
 from spinetrack_tools.io import InputError
 from spinetrack_tools.labelstudio import postgres, server
-from spinetrack_tools.labelstudio.client import Connection, image_url, pull, push
+from spinetrack_tools.labelstudio.client import Connection, connect, image_url, pull, push
 from spinetrack_tools.labelstudio.convert import to_labelstudio
 from spinetrack_tools.persons import Persons
 from spinetrack_tools.skeleton import SPINETRACK37
@@ -135,6 +135,30 @@ def test_push_pull_round_trip_survives_killing_both_servers(label_studio_pg):
     assert pull(conn, "pg-roundtrip", since=first.watermark).watermark == first.watermark  # nothing new
     re_push = push(conn, "pg-roundtrip", tasks, images, root, "pg-1")
     assert not re_push.created and re_push.existing == res.created
+
+
+def test_two_imports_at_once_attach_every_annotation_to_its_own_task(label_studio_pg):
+    info, root, folder = label_studio_pg
+    conn, _ = connect(server_dir=folder)
+    assert conn.imports_in_flight == 2  # our server, on PostgreSQL
+    images = root / "pg-concurrent"
+    coco = synth.generate(12, seed=12, persons_per_image=(1, 3), image_dir=images, fk="numpy")
+    tasks = to_labelstudio(Persons.from_coco(coco), image_url=image_url(root, images), model_version="pg-1")
+    expected = _by_id(coco)
+    for i, t in enumerate(tasks):  # each task's annotation moved its own way: a mix-up cannot go unseen
+        dx, dy = 2.0 * (i + 1), 0.75 * i
+        t["annotations"] = [{"result": _moved(t, dx, dy)}]
+        for a in coco["annotations"]:
+            if a["image_id"] == t["data"]["image_id"]:
+                kp = expected[a["id"]]
+                kp[kp[:, 2] > 0, :2] += (dx, dy)
+    res = push(conn, "pg-concurrent", tasks, images, root, "pg-1", batch_size=2)  # 6 imports, 2 at a time
+    assert len(res.created) == len(tasks) == len(set(res.created.values()))
+    out = pull(conn, "pg-concurrent")
+    got = _by_id(out.persons.to_coco())
+    assert out.tasks == len(tasks) and set(got) == set(expected)
+    for aid, kp in expected.items():
+        assert np.allclose(got[aid][:, :2], kp[:, :2], rtol=0, atol=1e-6) and np.array_equal(got[aid][:, 2], kp[:, 2])
 
 
 def _ls(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

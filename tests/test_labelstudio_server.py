@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from spinetrack_tools import synth
-from spinetrack_tools.labelstudio.client import Connection, LabelStudioError, image_url, pull, push
+from spinetrack_tools.labelstudio.client import Connection, LabelStudioError, connect, image_url, pull, push
 from spinetrack_tools.labelstudio.convert import to_labelstudio, to_result
 from spinetrack_tools.persons import Persons
 from spinetrack_tools.labelstudio.server import status, stop
@@ -192,7 +192,7 @@ def test_local_server_runs_label_studios_settings_without_telemetry_and_with_gc_
     code = ("import os, sys, label_studio; sys.path.insert(0, os.path.dirname(label_studio.__file__)); "
             "from spinetrack_tools.labelstudio import ls_settings as ours; "
             "from label_studio.core.settings import label_studio as theirs; "
-            "names = [n for n in dir(theirs) if n.isupper() and n != 'MIDDLEWARE']; "
+            "names = [n for n in dir(theirs) if n.isupper() and n not in ('MIDDLEWARE', 'INSTALLED_APPS', 'REST_FRAMEWORK')]; "
             "assert all(getattr(ours, n) is getattr(theirs, n) for n in names), 'a setting differs'; "
             "assert ours.TELEMETRY_MIDDLEWARE in theirs.MIDDLEWARE; "
             "assert ours.MIDDLEWARE == [ours.PAUSE_GC_MIDDLEWARE] + "
@@ -203,4 +203,55 @@ def test_local_server_runs_label_studios_settings_without_telemetry_and_with_gc_
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "spinetrack_tools.labelstudio.ls_settings",
            "LABEL_STUDIO_BASE_DATA_DIR": str(info.data_dir)}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+ORJSON_CHECK = r"""
+import datetime, decimal, io, json, os, sys, uuid
+import label_studio
+sys.path.insert(0, os.path.dirname(label_studio.__file__))
+import django
+django.setup()  # as the server does, first
+from spinetrack_tools.labelstudio import ls_settings as ours
+from label_studio.core.settings import label_studio as theirs
+changed = {"MIDDLEWARE", "INSTALLED_APPS", "REST_FRAMEWORK"}
+names = [n for n in dir(theirs) if n.isupper() and n not in changed]
+assert all(getattr(ours, n) is getattr(theirs, n) for n in names), "a setting differs"
+assert ours.INSTALLED_APPS == [*theirs.INSTALLED_APPS, ours.ORJSON_APP]
+assert ours.REST_FRAMEWORK == {**theirs.REST_FRAMEWORK, "DEFAULT_RENDERER_CLASSES": (ours.ORJSON_RENDERER,)}
+from django.db.models import JSONField
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser
+from rest_framework.renderers import JSONRenderer
+from django.utils.module_loading import import_string
+assert JSONField.from_db_value._orjson and JSONParser.parse._orjson
+value = {"result": [{"x": 12.5, "name": "spine_03", "t": "\u2028 é"}] * 3, "n": 2 ** 70, "m": -1, "e": 1e-07}
+text = json.dumps(value)
+assert JSONField().from_db_value(text, None, None) == json.loads(text)
+assert JSONField().from_db_value("not json", None, None) == "not json"  # as Django: the raw value
+parse = lambda body: JSONParser().parse(io.BytesIO(body), parser_context={})
+assert parse(text.encode()) == json.loads(text)  # 2**70 goes through DRF's own parser
+for bad in (b'{"a": NaN}', b"{nope"):
+    try:
+        parse(bad)
+        raise SystemExit(f"accepted {bad!r}")
+    except ParseError:
+        pass
+data = {**value, "when": datetime.datetime(2026, 12, 3, 10, 0, 0, 123456, tzinfo=datetime.timezone.utc),
+        "day": datetime.date(2026, 12, 3), "price": decimal.Decimal("1.50"), "id": uuid.UUID(int=7), 3: "int key"}
+data["n"] = 5
+mine, drf = import_string(ours.ORJSON_RENDERER)().render(data), JSONRenderer().render(data)
+assert json.loads(mine) == json.loads(drf) and b"\\u2028" in mine, (mine, drf)
+assert import_string(ours.ORJSON_RENDERER)().render({"n": 2 ** 70}) == JSONRenderer().render({"n": 2 ** 70})
+print("ok")
+"""
+
+
+def test_local_server_decodes_parses_and_renders_json_with_orjson_as_label_studio_does(label_studio):
+    info, _, folder = label_studio
+    # on SQLite, Label Studio guesses the ids of the tasks it has just created: one import at a time
+    assert connect(server_dir=folder)[0].imports_in_flight == 1
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "spinetrack_tools.labelstudio.ls_settings",
+           "LABEL_STUDIO_BASE_DATA_DIR": str(info.data_dir), "SECRET_KEY": "a-test-key"}
+    r = subprocess.run([sys.executable, "-c", ORJSON_CHECK], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -68,6 +68,10 @@ class Connection:
     url: str
     ls: Any  # label_studio_sdk.LabelStudio
     api_key: str = field(default="", repr=False)
+    # import requests at once. Label Studio on SQLite guesses the ids of the tasks it has just created (the
+    # latest ones), so two imports at once can attach one's annotations to the other's tasks; on PostgreSQL
+    # it gets them from the insert, and two imports keep its server and database busy at the same time.
+    imports_in_flight: int = 1
 
     @classmethod
     def open(cls, url: str | None = None, api_key: str | None = None, timeout: float = 120.0) -> "Connection":
@@ -269,7 +273,10 @@ def connect(url: str | None = None, api_key: str | None = None, server_dir: Path
     if require_root and not root:
         raise LabelStudioError(None, "Label Studio's local-files root is unknown: set "
                                      "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT as the server has it")
-    return Connection.open(url, api_key), Path(root) if root else None
+    conn = Connection.open(url, api_key)
+    if info is not None and conn.url == info.url.rstrip("/") and info.database.startswith("postgresql"):
+        conn.imports_in_flight = 2  # our server, on PostgreSQL (see Connection.imports_in_flight)
+    return conn, Path(root) if root else None
 
 
 def image_url(document_root: Path, images_dir: Path) -> Callable[[dict[str, Any]], str]:
@@ -303,14 +310,14 @@ def push(conn: Connection, project_title: str, tasks: list[dict[str, Any]], imag
     out = PushResult(pid)
     out.existing = {s: i for s, i in conn.sample_ids(pid).items() if s in {t["data"]["sample_id"] for t in tasks}}
     new = [t for t in tasks if t["data"]["sample_id"] not in out.existing]
-    for start in progress(range(0, len(new), batch_size), total=-(-len(new) // batch_size),
-                          description="importing tasks"):
-        batch = new[start:start + batch_size]
-        ids = conn.import_tasks(pid, batch)
-        if len(ids) != len(batch):  # an old server without task ids: look them up
-            ids_by_sample = conn.sample_ids(pid)
-            ids = [ids_by_sample[t["data"]["sample_id"]] for t in batch]
-        out.created.update({t["data"]["sample_id"]: i for t, i in zip(batch, ids)})
+    batches = [new[s:s + batch_size] for s in range(0, len(new), batch_size)]
+    with ThreadPoolExecutor(max_workers=conn.imports_in_flight) as pool:
+        for batch, ids in progress(zip(batches, pool.map(lambda b: conn.import_tasks(pid, b), batches)),
+                                   total=len(batches), description="importing tasks"):
+            if len(ids) != len(batch):  # an old server without task ids: look them up
+                ids_by_sample = conn.sample_ids(pid)
+                ids = [ids_by_sample[t["data"]["sample_id"]] for t in batch]
+            out.created.update({t["data"]["sample_id"]: i for t, i in zip(batch, ids)})
     if new or tasks:  # Label Studio only accepts a model version it has predictions of
         conn.set_model_version(pid, model_version)
     return out
