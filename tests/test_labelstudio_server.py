@@ -192,8 +192,12 @@ def test_local_server_runs_label_studios_settings_without_telemetry_and_with_gc_
     code = ("import os, sys, label_studio; sys.path.insert(0, os.path.dirname(label_studio.__file__)); "
             "from spinetrack_tools.labelstudio import ls_settings as ours; "
             "from label_studio.core.settings import label_studio as theirs; "
-            "names = [n for n in dir(theirs) if n.isupper() and n not in ('MIDDLEWARE', 'INSTALLED_APPS', 'REST_FRAMEWORK')]; "
+            "changed = ('MIDDLEWARE', 'INSTALLED_APPS', 'REST_FRAMEWORK'); "
+            "names = [n for n in dir(theirs) if n.isupper() and n not in changed]; "
             "assert all(getattr(ours, n) is getattr(theirs, n) for n in names), 'a setting differs'; "
+            "assert ours.INSTALLED_APPS == [*theirs.INSTALLED_APPS, ours.ORJSON_APP]; "
+            "assert ours.REST_FRAMEWORK == {**theirs.REST_FRAMEWORK, "
+            "'DEFAULT_RENDERER_CLASSES': (ours.ORJSON_RENDERER,)}; "
             "assert ours.TELEMETRY_MIDDLEWARE in theirs.MIDDLEWARE; "
             "assert ours.MIDDLEWARE == [ours.PAUSE_GC_MIDDLEWARE] + "
             "[m for m in theirs.MIDDLEWARE if m != ours.TELEMETRY_MIDDLEWARE]; "
@@ -212,22 +216,18 @@ import label_studio
 sys.path.insert(0, os.path.dirname(label_studio.__file__))
 import django
 django.setup()  # as the server does, first
-from spinetrack_tools.labelstudio import ls_settings as ours
-from label_studio.core.settings import label_studio as theirs
-changed = {"MIDDLEWARE", "INSTALLED_APPS", "REST_FRAMEWORK"}
-names = [n for n in dir(theirs) if n.isupper() and n not in changed]
-assert all(getattr(ours, n) is getattr(theirs, n) for n in names), "a setting differs"
-assert ours.INSTALLED_APPS == [*theirs.INSTALLED_APPS, ours.ORJSON_APP]
-assert ours.REST_FRAMEWORK == {**theirs.REST_FRAMEWORK, "DEFAULT_RENDERER_CLASSES": (ours.ORJSON_RENDERER,)}
+from spinetrack_tools.labelstudio import ls_settings as ours, lsapp
+from spinetrack_tools.labelstudio.pgbackend.base import _dumps
 from django.db.models import JSONField
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from django.utils.module_loading import import_string
-assert JSONField.from_db_value._orjson and JSONParser.parse._orjson
+assert JSONField.from_db_value is lsapp.from_db_value and JSONParser.parse is lsapp.parse
 value = {"result": [{"x": 12.5, "name": "spine_03", "t": "\u2028 é"}] * 3, "n": 2 ** 70, "m": -1, "e": 1e-07}
 text = json.dumps(value)
 assert JSONField().from_db_value(text, None, None) == json.loads(text)
+assert json.loads(_dumps(value)) == value  # what the PostgreSQL backend stores (2**70 through json.dumps)
 assert JSONField().from_db_value("not json", None, None) == "not json"  # as Django: the raw value
 parse = lambda body: JSONParser().parse(io.BytesIO(body), parser_context={})
 assert parse(text.encode()) == json.loads(text)  # 2**70 goes through DRF's own parser

@@ -11,6 +11,9 @@ from django.apps import AppConfig
 from rest_framework.renderers import JSONRenderer
 
 
+_ORIGINAL: dict[str, Any] = {}  # Django's JSONField.from_db_value and DRF's JSONParser.parse, once replaced
+
+
 class FastJsonConfig(AppConfig):
     name = "spinetrack_tools.labelstudio"
     label = "spinetrack_fastjson"
@@ -20,44 +23,35 @@ class FastJsonConfig(AppConfig):
         from django.db.models.fields.json import JSONField
         from rest_framework.parsers import JSONParser
 
-        if getattr(JSONField.from_db_value, "_orjson", False):
-            return
-        django_from_db_value, drf_parse = JSONField.from_db_value, JSONParser.parse
-        from_db_value, parse = _from_db_value(django_from_db_value), _parse(drf_parse)
-        from_db_value._orjson = parse._orjson = True  # type: ignore[attr-defined]
-        JSONField.from_db_value, JSONParser.parse = from_db_value, parse
+        if not _ORIGINAL:
+            _ORIGINAL.update(from_db_value=JSONField.from_db_value, parse=JSONParser.parse)
+            JSONField.from_db_value, JSONParser.parse = from_db_value, parse
 
 
-def _from_db_value(django: Any) -> Any:
+def from_db_value(self: Any, value: Any, expression: Any, connection: Any) -> Any:
+    """``JSONField.from_db_value`` with orjson where Django would call plain ``json.loads``."""
     from django.db.models.fields.json import KeyTransform
 
-    def from_db_value(self: Any, value: Any, expression: Any, connection: Any) -> Any:
-        """``JSONField.from_db_value`` with orjson where Django would call plain ``json.loads``."""
-        if isinstance(value, str) and self.decoder is None and not isinstance(expression, KeyTransform):
-            try:
-                return orjson.loads(value)
-            except orjson.JSONDecodeError:  # e.g. integers beyond 64 bits: Django's own path decides
-                pass
-        return django(self, value, expression, connection)
-
-    return from_db_value
+    if isinstance(value, str) and self.decoder is None and not isinstance(expression, KeyTransform):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:  # e.g. integers beyond 64 bits: Django's own path decides
+            pass
+    return _ORIGINAL["from_db_value"](self, value, expression, connection)
 
 
-def _parse(drf: Any) -> Any:
+def parse(self: Any, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
+    """DRF's ``JSONParser.parse`` with orjson for UTF-8 bodies (strict, DRF's default: no NaN)."""
     from django.conf import settings
 
-    def parse(self: Any, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
-        """DRF's ``JSONParser.parse`` with orjson for UTF-8 bodies (strict, DRF's default: no NaN)."""
-        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
-        if not self.strict or encoding.lower().replace("-", "") != "utf8":
-            return drf(self, stream, media_type, parser_context)
-        body = stream.read() if stream is not None else b""
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:  # invalid, or e.g. integers beyond 64 bits: DRF's own path decides
-            return drf(self, io.BytesIO(body), media_type, parser_context)
-
-    return parse
+    encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+    if not self.strict or encoding.lower().replace("-", "") != "utf8":
+        return _ORIGINAL["parse"](self, stream, media_type, parser_context)
+    body = stream.read() if stream is not None else b""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:  # invalid, or e.g. integers beyond 64 bits: DRF's own path decides
+        return _ORIGINAL["parse"](self, io.BytesIO(body), media_type, parser_context)
 
 
 class OrjsonRenderer(JSONRenderer):
