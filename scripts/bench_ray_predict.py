@@ -6,9 +6,10 @@ reference trainer's architecture (random weights; needs the torch extra) unless 
 Ray once (its start-up is printed, not counted), then times, interleaved and repeated: (a) `predict`
 in this process; (b) `distributed.predict_ray` (actor start-up, model load, reading, cropping and
 inference in the actors, results back in order) and checks that both give identical predictions.
-Target: (b) / (a) <= 1.15. Each Ray predict starts its actors afresh (Ray Data's actor pool lives for one
-dataset): that fixed cost is printed too (a Ray predict of 3 images), and it is what the ratio pays on a
-small job.
+Target: (b) / (a) <= 1.15. Ray runs predict_ray's default (one single-threaded actor per CPU) unless
+--actor-threads/--actors say otherwise; the in-process path runs --threads threads. Each Ray predict starts
+its actors afresh (Ray Data's actor pool lives for one dataset, and Ray starts a new process for every actor):
+that fixed cost is printed too (a Ray predict of 3 images), and it is what the ratio pays on a small job.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2, help="onnxruntime threads (per actor)")
+    ap.add_argument("--threads", type=int, default=2, help="onnxruntime threads of the in-process path")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
-    ap.add_argument("--actors", type=int, help="Ray actors (default: cpus // threads)")
+    ap.add_argument("--actor-threads", type=int, help="onnxruntime threads per Ray actor (default: predict_ray's, 1)")
+    ap.add_argument("--actors", type=int, help="Ray actors (default: cpus // actor threads)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--model", type=Path, help="an ONNX pose model (default: export a SpinePose-s-sized one)")
     ap.add_argument("--width", type=float, default=3.0, help="width of the exported model")
@@ -48,9 +50,10 @@ def main() -> None:
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False
             predict(model, jobs[:3], batch_size=args.batch_size)  # warm-up
-            predict_ray(model, jobs[:3], batch_size=args.batch_size, actors=args.actors)  # Ray's workers warm
+            on_ray = dict(batch_size=args.batch_size, actors=args.actors, threads=args.actor_threads)
+            predict_ray(model, jobs[:3], **on_ray)  # Ray's workers warm
             t0 = time.perf_counter()
-            predict_ray(model, jobs[:3], batch_size=args.batch_size, actors=args.actors)
+            predict_ray(model, jobs[:3], **on_ray)
             t_fixed = time.perf_counter() - t0
             t_local, t_ray = [], []
             for _ in range(args.repeat):
@@ -58,15 +61,17 @@ def main() -> None:
                 a = predict(model, jobs, batch_size=args.batch_size)
                 t_local.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                b = predict_ray(model, jobs, batch_size=args.batch_size, actors=args.actors)
+                b = predict_ray(model, jobs, **on_ray)
                 t_ray.append(time.perf_counter() - t0)
                 assert np.array_equal(a.keypoints, b.keypoints) and a.to_results() == b.to_results(), "differ"
         finally:
             ray.shutdown()
     local, remote = statistics.median(t_local), statistics.median(t_ray)
-    actors = args.actors or max(1, args.cpus // args.threads)
-    print(f"{len(jobs)} images, {n_persons} persons, batch {args.batch_size}, {args.threads} onnxruntime threads; "
-          f"Ray: {args.cpus} CPUs, {actors} actor(s); predictions identical in all {args.repeat} runs")
+    actor_threads = args.actor_threads or 1
+    actors = args.actors or max(1, args.cpus // actor_threads)
+    print(f"{len(jobs)} images, {n_persons} persons, batch {args.batch_size}; in-process: {args.threads} onnxruntime "
+          f"threads; Ray: {args.cpus} CPUs, {actors} actor(s) of {actor_threads} thread(s); predictions identical "
+          f"in all {args.repeat} runs")
     print(f"ray.init (once, not counted): {t_init:.1f} s; a Ray predict of 3 images (actor start-up, model load): "
           f"{t_fixed:.2f} s")
     print(f"in-process predict: {local:.2f} s ({n_persons / local:.0f} persons/s)  runs {_fmt(t_local)}")

@@ -76,17 +76,18 @@ def test_a_bad_ray_address_is_one_line_exit_2(scene, tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
-@pytest.mark.parametrize("kind,threads,flip", [("simcc", 2, False), ("simcc", 1, True), ("heatmap", 2, False)])
+@pytest.mark.parametrize("kind,threads,flip", [("simcc", 2, False), ("simcc", None, True), ("heatmap", None, False)])
 def test_ray_predict_on_boxes_equals_in_process(cluster, scene, tmp_path, kind, threads, flip):
-    """One actor of 2 threads, or two actors of 1 (the order kept across them); several batches each."""
+    """One actor of 2 threads, or the default two actors of 1 (the order kept across them), against the
+    in-process path on 2 threads; several batches each."""
     from spinetrack_tools.inference.distributed import predict_ray
 
     d, coco = scene
     path = (simcc_model if kind == "simcc" else heatmap_model)(tmp_path / "m.onnx")
-    model = PoseModel.load(path, threads)
+    model = PoseModel.load(path, 2)
     jobs = jobs_from_coco(Persons.from_coco(coco), d / "images")
     local = predict(model, jobs, batch_size=6, flip=flip)
-    remote = predict_ray(model, jobs, batch_size=6, flip=flip)
+    remote = predict_ray(model, jobs, batch_size=6, flip=flip, threads=threads)
     same(local, remote)
 
 

@@ -75,8 +75,9 @@ def ray_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                            "this machine is part of, ray://... = a remote one through Ray Client. The "
                            "images must be readable at the same paths on every node.")(fn)
     return click.option("--ray", "use_ray", is_flag=True,
-                        help="Run the predictions with Ray Data, one onnxruntime session per actor (on "
-                             "--ray-address, default local); default: in this process.")(fn)
+                        help="Run the predictions with Ray Data (on --ray-address, default local): one actor "
+                             "per CPU with a single-threaded onnxruntime session (per GPU with GPUs); default: "
+                             "in this process.")(fn)
 
 
 def ray_target(use_ray: bool, address: str | None) -> str | None:

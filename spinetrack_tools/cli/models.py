@@ -28,7 +28,8 @@ from .common import BadInput, ray_options, ray_target, resolve_skeleton, skeleto
 @click.option("--rgb", is_flag=True, help="Feed RGB crops (the SpinePose package feeds BGR, the default).")
 @click.option("--score", "score_mode", type=click.Choice(["mean", "min"]), default="mean", show_default=True,
               help="Keypoint confidence from the two SimCC maxima: their mean (SpinePose) or min (mmpose).")
-@click.option("--threads", default=2, show_default=True, type=click.IntRange(1), help="onnxruntime threads.")
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1),
+              help="onnxruntime threads in this process (with --ray: see there).")
 @click.option("--det-score", default=None, type=click.FloatRange(0, 1),
               help="Detector score threshold (default: 0.3 for RF-DETR, as the spinepose package; 0.5 for an "
                    "NMS-exported detector).")

@@ -69,13 +69,14 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
         raise InputError(None, f"cannot connect to Ray at {address!r}: {e.strerror or e}") from None
 
 
-def _portable(obj: Any) -> tuple[Any, bytes | None, int]:
+def _portable(obj: Any, threads: int | None = None) -> tuple[Any, bytes | None, int]:
     """A copy of a model or detector without its onnxruntime session (which does not pickle), the ONNX bytes
-    and intra-op threads to rebuild it with; other objects as they are."""
+    and the intra-op threads to rebuild it with (``threads``, default: its session's); other objects as they
+    are."""
     if obj is None or not dataclasses.is_dataclass(obj) or getattr(obj, "session", None) is None \
             or getattr(obj, "path", None) is None:
         return obj, None, 0
-    threads = obj.session.get_session_options().intra_op_num_threads
+    threads = threads or obj.session.get_session_options().intra_op_num_threads
     return dataclasses.replace(obj, session=None), Path(obj.path).read_bytes(), threads
 
 
@@ -86,10 +87,14 @@ def _revive(obj: Any, onnx: bytes | None, threads: int, providers: list[str]) ->
 class _Predictor:
     """A Ray actor: one session of the pose model (and of the detector), threads to prepare the images."""
 
-    def __init__(self, model: tuple, detector: tuple, skeleton: Skeleton, rgb: bool, score_mode: str,
-                 flip: bool) -> None:
+    def __init__(self, payload: Any) -> None:
+        """``payload``: a Ray reference to (portable model, portable detector, skeleton, rgb, score_mode, flip),
+        one object in Ray's store (Ray Data keys its actor pools by the constructor arguments, and takes the
+        ``repr`` of ones it cannot hash: megabytes of ONNX bytes, rendered and shipped with the plan)."""
         import cv2
+        import ray
 
+        model, detector, skeleton, rgb, score_mode, flip = ray.get(payload)
         providers = best_providers()
         self.model: PoseModel = _revive(*model, providers)
         self.detector: PersonDetector | None = _revive(*detector, providers)
@@ -106,20 +111,23 @@ class _Predictor:
 
 def predict_ray(model: PoseModel, jobs: list[tuple[Path, _Job]], skeleton: Skeleton | None = None,
                 detector: PersonDetector | None = None, batch_size: int = 16, rgb: bool = False,
-                score_mode: str = "mean", flip: bool = False, actors: int | None = None) -> Persons:
+                score_mode: str = "mean", flip: bool = False, actors: int | None = None,
+                threads: int | None = None) -> Persons:
     """``predict.predict`` on the connected Ray cluster (a local one is started when none is): the same
-    predictions in the same order. ``actors``: how many (default: one per GPU of the cluster, else one per
-    ``threads`` CPUs), each reserving the model's intra-op threads in CPUs (and one GPU when the cluster has
-    GPUs). Progress: Ray Data's bars."""
+    predictions in the same order. ``threads``: onnxruntime intra-op threads of each actor's sessions (default:
+    1 on a cluster without GPUs: single-threaded processes start in parallel and prepare images while the
+    others infer, where one process of many threads idles between its batches; the model's own with GPUs);
+    the predictions do not depend on it. ``actors``: how many (default: one per GPU, else one per ``threads``
+    CPUs), each reserving ``threads`` CPUs (and one GPU when the cluster has GPUs). Progress: Ray Data's bars."""
     import ray
 
     sk = check_skeleton(model, skeleton)
     blobs = [pickle.dumps(g) for g in groups(jobs, batch_size, detector is not None)]
     if not blobs:
         return assemble([], sk, str(model.path))
-    threads = session_threads(model)
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
+    threads = threads or (session_threads(model) if gpus else 1)
     n = actors or (gpus or max(1, int(resources.get("CPU", 1)) // threads))
     ctx = ray.data.DataContext.get_current()
     before = ctx.execution_options.preserve_order
@@ -129,7 +137,8 @@ def predict_ray(model: PoseModel, jobs: list[tuple[Path, _Job]], skeleton: Skele
         ds = ds.map_batches(_Predictor, batch_size=1, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=min(n, len(blobs))),
                             num_cpus=threads, num_gpus=1 if gpus else 0,
-                            fn_constructor_args=(_portable(model), _portable(detector), sk, rgb, score_mode, flip))
+                            fn_constructor_args=(ray.put((_portable(model, threads), _portable(detector, threads), sk,
+                                                          rgb, score_mode, flip)),))
         return assemble((pickle.loads(r["batch"]) for r in ds.iter_rows()), sk, str(model.path))
     finally:
         ctx.execution_options.preserve_order = before
