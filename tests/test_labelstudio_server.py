@@ -157,6 +157,26 @@ def test_errors_are_clear(label_studio):
         pull(conn, "no such project")
 
 
+def test_imports_in_flight_from_the_environment(label_studio, monkeypatch, tmp_path):
+    """SPINETRACK_LS_IMPORTS sets the imports in flight for a server named by URL (one the toolkit cannot see
+    the database of); our own server on SQLite refuses more than one, and a bad value is one clear line."""
+    info, root, folder = label_studio
+    monkeypatch.setenv("SPINETRACK_LS_IMPORTS", "3")
+    assert connect(info.url, info.token)[0].imports_in_flight == 3
+    with pytest.raises(LabelStudioError, match="runs on SQLite, which takes one import at a time"):
+        connect(server_dir=folder)
+    monkeypatch.setenv("SPINETRACK_LS_IMPORTS", "1")
+    assert connect(server_dir=folder)[0].imports_in_flight == 1
+    monkeypatch.setenv("SPINETRACK_LS_IMPORTS", "two")
+    env = {**os.environ, "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root)}
+    r = subprocess.run([sys.executable, "-m", "spinetrack_tools", "labelstudio", "pull", "--project", "cli",
+                        "--out", str(tmp_path / "o.json"), "--url", info.url, "--api-key", info.token],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "SPINETRACK_LS_IMPORTS must be a whole number >= 1, not 'two'" in r.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "o.json").exists()
+
+
 def test_cli_push_pull_and_status(tmp_path, label_studio):
     info, root, folder = label_studio
     images = root / "set2"

@@ -63,6 +63,11 @@ def _retry(fn: Callable[[], Any], what: str, url: str, tries: int = 4) -> Any:
         time.sleep(0.5 * 2 ** attempt)
 
 
+# imports in flight, for a Label Studio on PostgreSQL that is not ours (the API does not say which database
+# a server uses; on SQLite more than one loses annotations, see Connection.imports_in_flight)
+IMPORTS_ENV = "SPINETRACK_LS_IMPORTS"
+
+
 @dataclass
 class Connection:
     url: str
@@ -261,7 +266,9 @@ def connect(url: str | None = None, api_key: str | None = None, server_dir: Path
             require_root: bool = False) -> tuple[Connection, Path | None]:
     """A connection and the server's local-files root: the given URL and key (or LABEL_STUDIO_URL /
     LABEL_STUDIO_API_KEY), else the local server started from ``server_dir``; the root from
-    LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT or that server."""
+    LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT or that server. Imports in flight: ``SPINETRACK_LS_IMPORTS`` when
+    set (a server on PostgreSQL that the API cannot tell apart from one on SQLite), else 2 for our server on
+    PostgreSQL, else 1."""
     from .server import read_info
 
     url = url or os.environ.get("LABEL_STUDIO_URL")
@@ -273,8 +280,17 @@ def connect(url: str | None = None, api_key: str | None = None, server_dir: Path
     if require_root and not root:
         raise LabelStudioError(None, "Label Studio's local-files root is unknown: set "
                                      "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT as the server has it")
+    imports = os.environ.get(IMPORTS_ENV, "").strip()
+    if imports and not (imports.isdigit() and int(imports) >= 1):
+        raise LabelStudioError(None, f"{IMPORTS_ENV} must be a whole number >= 1, not {imports!r}")
     conn = Connection.open(url, api_key)
-    if info is not None and conn.url == info.url.rstrip("/") and info.database.startswith("postgresql"):
+    ours = info is not None and conn.url == info.url.rstrip("/")
+    if ours and not info.database.startswith("postgresql") and imports and int(imports) > 1:
+        raise LabelStudioError(conn.url, f"{IMPORTS_ENV}={imports}: this Label Studio runs on SQLite, which takes "
+                                         "one import at a time (it would attach annotations to other tasks)")
+    if imports:
+        conn.imports_in_flight = int(imports)
+    elif ours and info.database.startswith("postgresql"):
         conn.imports_in_flight = 2  # our server, on PostgreSQL (see Connection.imports_in_flight)
     return conn, Path(root) if root else None
 
