@@ -67,7 +67,7 @@ def main() -> None:
         finally:
             ray.shutdown()
     local, remote = statistics.median(t_local), statistics.median(t_ray)
-    actor_threads = args.actor_threads or 1
+    actor_threads = args.actor_threads or 1  # predict_ray's default: the local cluster has no GPUs
     actors = args.actors or max(1, args.cpus // actor_threads)
     print(f"{len(jobs)} images, {n_persons} persons, batch {args.batch_size}; in-process: {args.threads} onnxruntime "
           f"threads; Ray: {args.cpus} CPUs, {actors} actor(s) of {actor_threads} thread(s); predictions identical "

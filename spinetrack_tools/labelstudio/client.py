@@ -285,13 +285,12 @@ def connect(url: str | None = None, api_key: str | None = None, server_dir: Path
         raise LabelStudioError(None, f"{IMPORTS_ENV} must be a whole number >= 1, not {imports!r}")
     conn = Connection.open(url, api_key)
     ours = info is not None and conn.url == info.url.rstrip("/")
-    if ours and not info.database.startswith("postgresql") and imports and int(imports) > 1:
+    on_postgres = ours and info.database.startswith("postgresql")
+    if ours and not on_postgres and imports and int(imports) > 1:
         raise LabelStudioError(conn.url, f"{IMPORTS_ENV}={imports}: this Label Studio runs on SQLite, which takes "
                                          "one import at a time (it would attach annotations to other tasks)")
-    if imports:
-        conn.imports_in_flight = int(imports)
-    elif ours and info.database.startswith("postgresql"):
-        conn.imports_in_flight = 2  # our server, on PostgreSQL (see Connection.imports_in_flight)
+    # our server on PostgreSQL takes two (see Connection.imports_in_flight)
+    conn.imports_in_flight = int(imports) if imports else 2 if on_postgres else 1
     return conn, Path(root) if root else None
 
 
